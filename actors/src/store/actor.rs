@@ -1,0 +1,121 @@
+//! The Store actor: diesel blocks, so queries run on `SyncArbiter` threads, never on an
+//! async executor. One generic message carries any query function.
+
+use actix::prelude::*;
+
+use super::{Db, DbConn, StoreError};
+
+type Job<R> = Box<dyn FnOnce(&mut DbConn) -> Result<R, StoreError> + Send>;
+
+/// Runs one query function on a pooled connection.
+pub struct Run<R: Send + 'static>(Job<R>);
+
+impl<R: Send + 'static> Message for Run<R> {
+    type Result = Result<R, StoreError>;
+}
+
+/// One thread of a `SyncArbiter`, taking connections from one pool.
+pub struct Store {
+    pool: super::conn::Pool,
+}
+
+impl Actor for Store {
+    type Context = SyncContext<Self>;
+}
+
+impl<R: Send + 'static> Handler<Run<R>> for Store {
+    type Result = Result<R, StoreError>;
+
+    fn handle(&mut self, msg: Run<R>, _: &mut Self::Context) -> Self::Result {
+        let mut conn = self.pool.get()?;
+        (msg.0)(&mut conn)
+    }
+}
+
+/// The addresses of the reader and writer arbiters.
+#[derive(Clone)]
+pub struct StoreHandle {
+    readers: Addr<Store>,
+    writer: Addr<Store>,
+    backend: &'static str,
+}
+
+/// Reader threads at most on SQLite (its readers do not need many).
+const SQLITE_READER_THREADS: u32 = 8;
+
+impl StoreHandle {
+    /// Starts the arbiters: on SQLite one writer thread with the single writer
+    /// connection, on PostgreSQL writes share the readers' threads.
+    pub fn start(db: Db) -> StoreHandle {
+        let threads = match db.backend() {
+            "sqlite" => db.pool_size().min(SQLITE_READER_THREADS),
+            _ => db.pool_size(),
+        }
+        .max(1) as usize;
+        let readers = {
+            let pool = db.readers.clone();
+            SyncArbiter::start(threads, move || Store { pool: pool.clone() })
+        };
+        let writer = if db.backend() == "sqlite" {
+            let pool = db.writer.clone();
+            SyncArbiter::start(1, move || Store { pool: pool.clone() })
+        } else {
+            readers.clone()
+        };
+        StoreHandle {
+            readers,
+            writer,
+            backend: db.backend(),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Runs a read query.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        Self::run(&self.readers, Box::new(f)).await
+    }
+
+    /// Runs a write; it is committed when this answers.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        Self::run(&self.writer, Box::new(f)).await
+    }
+
+    /// Queues a write without waiting for it; writes queued from one place run in order.
+    pub fn write_detached(
+        &self,
+        f: impl FnOnce(&mut DbConn) -> Result<(), StoreError> + Send + 'static,
+    ) {
+        self.writer.do_send(Run(Box::new(f)));
+    }
+
+    /// A cheap query, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            use diesel::connection::SimpleConnection;
+            crate::with_conn!(c, c => c.batch_execute("SELECT 1"))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+        .await
+    }
+
+    fn run<R: Send + 'static>(
+        addr: &Addr<Store>,
+        job: Job<R>,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> {
+        // `send` queues the message now, before the future is first polled.
+        let sent = addr.send(Run(job));
+        async move {
+            sent.await
+                .map_err(|e| StoreError::Unavailable(format!("the store is not answering: {e}")))?
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Storage: diesel on PostgreSQL or SQLite behind r2d2, chosen by `database.url`.
+//!
+//! - [`conn`]: the connection of either backend, the pool manager and [`Db`].
+//! - [`schema`]: the tables, one declaration for both backends.
+//! - [`queries`]: plain functions over `&mut DbConn`, testable without actors.
+//! - [`actor`]: the `Store` actor on a `SyncArbiter` (diesel blocks) and its handle.
+//! - [`testing`]: fresh databases for tests.
+
+pub mod actor;
+pub mod conn;
+pub mod queries;
+pub mod schema;
+#[doc(hidden)]
+pub mod testing;
+
+pub use actor::{Store, StoreHandle};
+pub use conn::{Db, DbConn};
+
+/// Every way a store operation fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("a query failed: {0}")]
+    Query(String),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::NotFound => StoreError::NotFound,
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                StoreError::Conflict(info.message().to_owned())
+            }
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                StoreError::Unavailable(info.message().to_owned())
+            }
+            other => StoreError::Query(other.to_string()),
+        }
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,432 @@
+//! Every query botd runs, as plain functions over a connection of either backend.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::{bots, events, messages, pools, users};
+use super::{DbConn, StoreError};
+use crate::with_conn;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A bot's row: its spec, desired state and failure.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[diesel(table_name = bots, treat_none_as_null = true)]
+pub struct BotRow {
+    pub name: String,
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub pool: Option<String>,
+    /// 1 when the pool's autoscaler created it.
+    pub managed: i32,
+    pub restart: String,
+    pub concurrency: i32,
+    pub mailbox_capacity: i32,
+    pub context_messages: i32,
+    /// A JSON object.
+    pub options: String,
+    /// `running` or `stopped`: what the operator asked for.
+    pub desired_state: String,
+    /// Set while the bot is failed (restart limit reached).
+    pub failed_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A pool's row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[diesel(table_name = pools)]
+pub struct PoolRow {
+    pub name: String,
+    /// The members' spec as JSON.
+    pub template: String,
+    pub min_bots: i32,
+    pub max_bots: i32,
+    pub scale_up_queue_depth: i32,
+    pub scale_down_idle_secs: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A stored message (a user's or a reply).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = messages)]
+pub struct MessageRow {
+    pub id: i64,
+    pub bot: String,
+    pub pool: Option<String>,
+    pub conversation: String,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub reply_to: Option<i64>,
+    pub model: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub queue_ms: Option<i64>,
+    pub llm_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: i64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Insertable)]
+#[diesel(table_name = messages)]
+pub struct NewMessage {
+    pub bot: String,
+    pub pool: Option<String>,
+    pub conversation: String,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub reply_to: Option<i64>,
+    pub model: Option<String>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub queue_ms: Option<i64>,
+    pub llm_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: i64,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Serialize)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub id: i64,
+    pub ts: i64,
+    pub bot: Option<String>,
+    pub pool: Option<String>,
+    pub kind: String,
+    pub subject: String,
+    /// A JSON object; never a secret.
+    pub detail: String,
+}
+
+/// An event to store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Insertable)]
+#[diesel(table_name = events)]
+pub struct NewEvent {
+    pub ts: i64,
+    pub bot: Option<String>,
+    pub pool: Option<String>,
+    pub kind: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// A user's row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+pub struct UserRow {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Whose messages: a bot's own conversations, or a pool's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageScope {
+    Bot(String),
+    Pool(String),
+}
+
+// ---- bots ----
+
+pub fn insert_bot(conn: &mut DbConn, row: &BotRow) -> Result<()> {
+    with_conn!(conn, c => diesel::insert_into(bots::table).values(row).execute(c))?;
+    Ok(())
+}
+
+pub fn get_bot(conn: &mut DbConn, name: &str) -> Result<Option<BotRow>> {
+    Ok(with_conn!(conn, c => bots::table.find(name).select(BotRow::as_select()).first(c).optional())?)
+}
+
+pub fn list_bots(conn: &mut DbConn) -> Result<Vec<BotRow>> {
+    Ok(with_conn!(conn, c => bots::table.order(bots::name.asc()).select(BotRow::as_select()).load(c))?)
+}
+
+/// Replaces a bot's row (spec, desired state, failure).
+pub fn update_bot(conn: &mut DbConn, row: &BotRow) -> Result<()> {
+    let n = with_conn!(conn, c => diesel::update(bots::table.find(&row.name)).set(row).execute(c))?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub fn set_desired_state(conn: &mut DbConn, name: &str, state: &str, now: i64) -> Result<()> {
+    let n = with_conn!(conn, c => diesel::update(bots::table.find(name))
+        .set((bots::desired_state.eq(state), bots::updated_at.eq(now)))
+        .execute(c))?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Marks a bot failed with its reason, or clears the failure with `None`.
+pub fn set_failed(conn: &mut DbConn, name: &str, reason: Option<&str>, now: i64) -> Result<()> {
+    let n = with_conn!(conn, c => diesel::update(bots::table.find(name))
+        .set((bots::failed_reason.eq(reason), bots::updated_at.eq(now)))
+        .execute(c))?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Deletes a bot; its history too with `purge_history`. Returns whether it existed.
+pub fn delete_bot(conn: &mut DbConn, name: &str, purge_history: bool) -> Result<bool> {
+    let n = with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
+        if purge_history {
+            diesel::delete(messages::table.filter(messages::bot.eq(name))).execute(c)?;
+        }
+        diesel::delete(bots::table.find(name)).execute(c)
+    }))?;
+    Ok(n > 0)
+}
+
+// ---- pools ----
+
+pub fn upsert_pool(conn: &mut DbConn, row: &PoolRow) -> Result<()> {
+    with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
+        let n = diesel::update(pools::table.find(&row.name))
+            .set((
+                pools::template.eq(&row.template),
+                pools::min_bots.eq(row.min_bots),
+                pools::max_bots.eq(row.max_bots),
+                pools::scale_up_queue_depth.eq(row.scale_up_queue_depth),
+                pools::scale_down_idle_secs.eq(row.scale_down_idle_secs),
+                pools::updated_at.eq(row.updated_at),
+            ))
+            .execute(c)?;
+        if n == 0 {
+            diesel::insert_into(pools::table).values(row).execute(c)?;
+        }
+        Ok(())
+    }))?;
+    Ok(())
+}
+
+pub fn get_pool(conn: &mut DbConn, name: &str) -> Result<Option<PoolRow>> {
+    Ok(with_conn!(conn, c => pools::table.find(name).select(PoolRow::as_select()).first(c).optional())?)
+}
+
+pub fn list_pools(conn: &mut DbConn) -> Result<Vec<PoolRow>> {
+    Ok(with_conn!(conn, c => pools::table.order(pools::name.asc()).select(PoolRow::as_select()).load(c))?)
+}
+
+pub fn delete_pool(conn: &mut DbConn, name: &str) -> Result<bool> {
+    let n = with_conn!(conn, c => diesel::delete(pools::table.find(name)).execute(c))?;
+    Ok(n > 0)
+}
+
+// ---- messages ----
+
+/// Stores a message; returns its id.
+pub fn insert_message(conn: &mut DbConn, row: &NewMessage) -> Result<i64> {
+    Ok(with_conn!(conn, c => diesel::insert_into(messages::table)
+        .values(row)
+        .returning(messages::id)
+        .get_result::<i64>(c))?)
+}
+
+/// Stores a reply and marks its user message complete, in one transaction.
+pub fn complete_exchange(conn: &mut DbConn, user_id: i64, reply: &NewMessage) -> Result<i64> {
+    Ok(with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
+        let n = diesel::update(messages::table.find(user_id))
+            .set((messages::status.eq("complete"), messages::error.eq(None::<String>)))
+            .execute(c)?;
+        if n == 0 {
+            return Err(diesel::result::Error::NotFound);
+        }
+        let mut reply = reply.clone();
+        reply.reply_to = Some(user_id);
+        reply.status = "complete".into();
+        diesel::insert_into(messages::table)
+            .values(&reply)
+            .returning(messages::id)
+            .get_result::<i64>(c)
+    }))?)
+}
+
+pub fn set_message_status(
+    conn: &mut DbConn,
+    id: i64,
+    status: &str,
+    error: Option<&str>,
+) -> Result<()> {
+    with_conn!(conn, c => diesel::update(messages::table.find(id))
+        .set((messages::status.eq(status), messages::error.eq(error)))
+        .execute(c))?;
+    Ok(())
+}
+
+/// A page of history, newest first: ids below `before`, at most `limit`.
+pub fn history(
+    conn: &mut DbConn,
+    scope: &MessageScope,
+    conversation: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MessageRow>> {
+    Ok(with_conn!(conn, c => {
+        let mut q = messages::table.select(MessageRow::as_select()).into_boxed();
+        q = match scope {
+            MessageScope::Bot(b) => q.filter(messages::bot.eq(b)),
+            MessageScope::Pool(p) => q.filter(messages::pool.eq(p)),
+        };
+        if let Some(conv) = conversation {
+            q = q.filter(messages::conversation.eq(conv));
+        }
+        if let Some(before) = before {
+            q = q.filter(messages::id.lt(before));
+        }
+        q.order(messages::id.desc()).limit(limit).load(c)
+    })?)
+}
+
+/// The model's context: the last `n` complete messages of a conversation, oldest first.
+/// A bot's own conversations leave out what it answered for a pool.
+pub fn context(
+    conn: &mut DbConn,
+    scope: &MessageScope,
+    conversation: &str,
+    n: i64,
+) -> Result<Vec<MessageRow>> {
+    let mut rows: Vec<MessageRow> = with_conn!(conn, c => {
+        let mut q = messages::table
+            .select(MessageRow::as_select())
+            .filter(messages::conversation.eq(conversation))
+            .filter(messages::status.eq("complete"))
+            .into_boxed();
+        q = match scope {
+            MessageScope::Bot(b) => q.filter(messages::bot.eq(b)).filter(messages::pool.is_null()),
+            MessageScope::Pool(p) => q.filter(messages::pool.eq(p)),
+        };
+        q.order(messages::id.desc()).limit(n).load(c)
+    })?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The newest message id of a conversation (the context cache's version).
+pub fn last_message_id(
+    conn: &mut DbConn,
+    scope: &MessageScope,
+    conversation: &str,
+) -> Result<Option<i64>> {
+    Ok(with_conn!(conn, c => {
+        let mut q = messages::table
+            .select(messages::id)
+            .filter(messages::conversation.eq(conversation))
+            .into_boxed();
+        q = match scope {
+            MessageScope::Bot(b) => q.filter(messages::bot.eq(b)).filter(messages::pool.is_null()),
+            MessageScope::Pool(p) => q.filter(messages::pool.eq(p)),
+        };
+        q.order(messages::id.desc()).first::<i64>(c).optional()
+    })?)
+}
+
+/// At start-up: messages left pending by a crash of the daemon become failed.
+pub fn fail_pending(conn: &mut DbConn, error: &str) -> Result<usize> {
+    Ok(with_conn!(conn, c => diesel::update(messages::table.filter(messages::status.eq("pending")))
+        .set((messages::status.eq("failed"), messages::error.eq(error)))
+        .execute(c))?)
+}
+
+/// Deletes at most `batch` messages created before `cutoff_ms`; returns how many.
+pub fn delete_messages_older_than(conn: &mut DbConn, cutoff_ms: i64, batch: i64) -> Result<usize> {
+    Ok(with_conn!(conn, c => {
+        let ids = messages::table
+            .select(messages::id)
+            .filter(messages::created_at.lt(cutoff_ms))
+            .order(messages::id.asc())
+            .limit(batch)
+            .load::<i64>(c)?;
+        diesel::delete(messages::table.filter(messages::id.eq_any(ids))).execute(c)
+    })?)
+}
+
+// ---- events ----
+
+pub fn insert_event(conn: &mut DbConn, row: &NewEvent) -> Result<i64> {
+    Ok(with_conn!(conn, c => diesel::insert_into(events::table)
+        .values(row)
+        .returning(events::id)
+        .get_result::<i64>(c))?)
+}
+
+/// Events newest first, optionally of one bot, pool or kind.
+pub fn list_events(
+    conn: &mut DbConn,
+    bot: Option<&str>,
+    pool: Option<&str>,
+    kind: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    Ok(with_conn!(conn, c => {
+        let mut q = events::table.select(EventRow::as_select()).into_boxed();
+        if let Some(b) = bot {
+            q = q.filter(events::bot.eq(b));
+        }
+        if let Some(p) = pool {
+            q = q.filter(events::pool.eq(p));
+        }
+        if let Some(k) = kind {
+            q = q.filter(events::kind.eq(k));
+        }
+        q.order(events::id.desc()).limit(limit).load(c)
+    })?)
+}
+
+// ---- users ----
+
+pub fn insert_user(conn: &mut DbConn, row: &UserRow) -> Result<()> {
+    with_conn!(conn, c => diesel::insert_into(users::table).values(row).execute(c))?;
+    Ok(())
+}
+
+pub fn get_user(conn: &mut DbConn, username: &str) -> Result<Option<UserRow>> {
+    Ok(with_conn!(conn, c => users::table.find(username).select(UserRow::as_select()).first(c).optional())?)
+}
+
+pub fn list_users(conn: &mut DbConn) -> Result<Vec<UserRow>> {
+    Ok(with_conn!(conn, c => users::table.order(users::username.asc()).select(UserRow::as_select()).load(c))?)
+}
+
+pub fn update_user(
+    conn: &mut DbConn,
+    username: &str,
+    password_hash: Option<&str>,
+    role: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let n = with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
+        let mut n = diesel::update(users::table.find(username))
+            .set(users::updated_at.eq(now))
+            .execute(c)?;
+        if let Some(h) = password_hash {
+            n = diesel::update(users::table.find(username)).set(users::password_hash.eq(h)).execute(c)?;
+        }
+        if let Some(r) = role {
+            n = diesel::update(users::table.find(username)).set(users::role.eq(r)).execute(c)?;
+        }
+        Ok(n)
+    }))?;
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub fn delete_user(conn: &mut DbConn, username: &str) -> Result<bool> {
+    let n = with_conn!(conn, c => diesel::delete(users::table.find(username)).execute(c))?;
+    Ok(n > 0)
+}

@@ -1,0 +1,5 @@
+//! `botctl`: the operator's command line for botd.
+
+fn main() {
+    std::process::exit(botd::botctl::main());
+}

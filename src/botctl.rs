@@ -1,0 +1,2 @@
+//! botctl (being written).
+pub fn main() -> i32 { 0 }

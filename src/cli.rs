@@ -1,0 +1,165 @@
+//! The `botd` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use slog::{error, info};
+
+use crate::app::{open_database, Daemon};
+use crate::auth::{load_secret, JwtKeys, Role, TokenKind};
+use crate::config::{Config, ConfigSource};
+use crate::telemetry::{self, LevelSwitch};
+
+#[derive(Debug, Parser)]
+#[command(name = "botd", version, about = "A supervisor daemon for fleets of LLM-backed bots")]
+pub struct Cli {
+    /// The configuration file (default ./config.toml, or BOTD_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Check the configuration: print it (secrets masked) or the one line that is wrong.
+    CheckConfig,
+    /// Mint a service token from the configured secret and print it alone on stdout.
+    Token {
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// How long it is valid, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("{s:?} is not viewer, operator or admin"))
+}
+
+/// Runs the command line; returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let source = ConfigSource::resolve(cli.config.clone(), std::env::var("BOTD_CONFIG").ok());
+    let loaded = Config::load(&source, std::env::vars());
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => match loaded {
+            Ok(config) => {
+                print!("{}", config.to_masked_toml());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::Migrate => {
+            let config = match loaded {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let log = telemetry::logger(config.logging.format, LevelSwitch::new(config.logging.level));
+            match open_database(&config, &log) {
+                Ok(_) => 0,
+                Err(e) => fail(&format!("{e:#}")),
+            }
+        }
+        Command::Token { sub, role, ttl } => {
+            let config = match loaded {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            if sub.is_empty() {
+                return fail("--sub must not be empty");
+            }
+            match load_secret(
+                config.auth.jwt_secret.as_deref(),
+                config.secret_file(),
+                false,
+            ) {
+                Ok(Some(secret)) => {
+                    println!("{}", JwtKeys::new(&secret).mint(&sub, role, TokenKind::Service, ttl));
+                    0
+                }
+                Ok(None) => fail(&format!(
+                    "auth.jwt_secret_file: {} does not exist yet; start botd once to create it",
+                    config.secret_file().display()
+                )),
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Run => match loaded {
+            Ok(config) => run(config, source),
+            Err(e) => fail(&e.to_string()),
+        },
+    }
+}
+
+/// Prints one line (libpq's messages, say, span several) and gives status 1.
+fn fail(message: &str) -> i32 {
+    let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("botd: {line}");
+    1
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; a second signal exits at once with status 1.
+fn run(config: Config, source: ConfigSource) -> i32 {
+    let level = LevelSwitch::new(config.logging.level);
+    let log = telemetry::logger(config.logging.format, level.clone());
+    let daemon = match Daemon::start(config, log.clone(), level) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(log, "botd could not start."; "error" => format!("{e:#}"));
+            return fail(&format!("{e:#}"));
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the signal runtime: {e}")),
+    };
+    let status = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return fail("cannot install signal handlers");
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    match Config::load(&source, std::env::vars()) {
+                        Ok(new) => daemon.reload(&new),
+                        Err(e) => error!(log, "The configuration was not reloaded."; "error" => e.to_string()),
+                    }
+                }
+            }
+        }
+        info!(log, "A stop signal arrived; stopping. A second one exits at once.");
+        daemon.begin_shutdown();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            daemon.join();
+            let _ = done_tx.send(());
+        });
+        tokio::select! {
+            _ = done_rx => 0,
+            _ = term.recv() => 1,
+            _ = int.recv() => 1,
+        }
+    });
+    status
+}

@@ -1,0 +1,23 @@
+//! # Layout
+//!
+//! The daemon shell around the engine in `botd-actors`:
+//!
+//! - [`config`]: `config.toml` plus `BOTD_SECTION__KEY` overrides, typed and checked.
+//! - [`cli`]: the `botd` command line (run, migrate, check-config, token, backup).
+//! - [`app`]: start order, the running [`app::Daemon`], graceful shutdown, live reload.
+//! - [`server`]: the accept loop that serves the warp filter (connection cap, header
+//!   timeout, request ids, security headers, graceful drain).
+//! - [`http`]: the routes of API.md and the one place errors become responses.
+//! - [`auth`]: HS256 tokens and the secret file.
+//! - [`botctl`]: the operator's CLI (`src/bin/botctl.rs` is its thin main).
+//! - [`state`]: what the handlers share.
+//! - [`telemetry`]: slog JSON or terminal logs with a live level.
+pub mod app;
+pub mod auth;
+pub mod botctl;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,157 @@
+//! botd's own accept loop for the warp filter (warp 0.4's `Server` has no TLS and hides
+//! its accept trait). This one loop is where the connection cap, the header read timeout,
+//! request ids, the security headers and graceful shutdown live.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use slog::{debug, info, warn, Logger};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use warp::Filter;
+
+use crate::http::error::PendingError;
+use crate::state::{ClientAddr, RequestId};
+
+/// How the accept loop behaves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Open connections at most; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests get once shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers on every response, errors and streams included.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("referrer-policy", "no-referrer"),
+];
+
+fn request_id(req: &Request<Incoming>) -> Arc<str> {
+    req.headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(Arc::from)
+        .unwrap_or_else(|| {
+            let mut bytes = [0u8; 12];
+            rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
+            Arc::from(hex::encode(bytes))
+        })
+}
+
+/// Serves `filter` on `listener` until `shutdown` is tripped, then lets open requests
+/// finish for `drain_timeout`.
+pub async fn serve<F, R>(
+    listener: TcpListener,
+    filter: F,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    log: Logger,
+) where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    F::Future: Send,
+    R: warp::Reply,
+{
+    let service = warp::service(filter);
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        // Wait for a free connection slot before accepting: the rest wait in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(log, "Accepting a connection failed."; "error" => e.to_string());
+                    // Out of file descriptors and the like: don't spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = service.clone();
+        let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let id = request_id(&req);
+            req.extensions_mut().insert(RequestId(id.clone()));
+            req.extensions_mut().insert(ClientAddr(peer));
+            let mut svc = svc.clone();
+            async move {
+                let mut resp = match svc.call(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                if let Some(PendingError(err)) = resp.extensions_mut().remove::<PendingError>() {
+                    let extra = std::mem::take(resp.headers_mut());
+                    resp = err.into_final_response(&id);
+                    for (k, v) in extra.iter() {
+                        resp.headers_mut().entry(k).or_insert_with(|| v.clone());
+                    }
+                }
+                let headers = resp.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    headers.insert(X_REQUEST_ID.clone(), v);
+                }
+                for (k, v) in SECURITY_HEADERS {
+                    headers
+                        .entry(k)
+                        .or_insert_with(|| HeaderValue::from_static(v));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let log = log.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(log, "A connection ended with an error."; "error" => e.to_string());
+            }
+            drop(permit);
+        });
+    }
+    info!(log, "The listener is closed; waiting for open requests."; "duration_ms" => options.drain_timeout.as_millis() as u64);
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(log, "Some connections were still open at the drain deadline.");
+    }
+}
+
+/// Binds the listener (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
