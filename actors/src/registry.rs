@@ -383,7 +383,7 @@ impl Registry {
         Box::pin(
             async move {
                 store
-                    .write(move |c| {
+                    .write_ordered(move |c| {
                         queries::set_failed(c, &n, None, now_ms())?;
                         queries::set_desired_state(c, &n, "running", now_ms())
                     })
@@ -426,7 +426,7 @@ impl Handler<RestoreBots> for Registry {
         AtomicResponse::new(Box::pin(
             async move {
                 store
-                    .write(|c| {
+                    .write_ordered(|c| {
                         queries::fail_pending(c, "internal")?;
                         queries::list_bots(c)
                     })
@@ -518,7 +518,7 @@ impl Handler<CreateBot> for Registry {
         let row = row_from_spec(&msg.spec, msg.managed, desired, now);
         let store = self.store.clone();
         AtomicResponse::new(Box::pin(
-            async move { store.write(move |c| queries::insert_bot(c, &row)).await }
+            async move { store.write_ordered(move |c| queries::insert_bot(c, &row)).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     res.map_err(|e| match e {
@@ -655,7 +655,7 @@ impl Handler<UpdateBot> for Registry {
         let name = msg.name;
         let subject = msg.subject;
         AtomicResponse::new(Box::pin(
-            async move { store.write(move |c| queries::update_bot(c, &row)).await }
+            async move { store.write_ordered(move |c| queries::update_bot(c, &row)).await }
                 .into_actor(self)
                 .map(move |res, act, _| {
                     res?;
@@ -745,7 +745,7 @@ impl Handler<StopBot> for Registry {
         AtomicResponse::new(Box::pin(
             async move {
                 store
-                    .write(move |c| {
+                    .write_ordered(move |c| {
                         queries::set_failed(c, &n, None, now_ms())?;
                         queries::set_desired_state(c, &n, desired, now_ms())
                     })
@@ -890,7 +890,7 @@ impl Handler<DeleteBot> for Registry {
         let purge = msg.purge;
         let store = self.store.clone();
         AtomicResponse::new(Box::pin(
-            async move { store.write(move |c| queries::delete_bot(c, &n, purge)).await }
+            async move { store.write_ordered(move |c| queries::delete_bot(c, &n, purge)).await }
                 .into_actor(self)
                 .map(move |res, act, _| {
                     res?;

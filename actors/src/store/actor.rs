@@ -37,6 +37,8 @@ impl<R: Send + 'static> Handler<Run<R>> for Store {
 pub struct StoreHandle {
     readers: Addr<Store>,
     writer: Addr<Store>,
+    /// One thread, so that detached writes run in the order they were queued.
+    ordered: Addr<Store>,
     backend: &'static str,
 }
 
@@ -56,15 +58,20 @@ impl StoreHandle {
             let pool = db.readers.clone();
             SyncArbiter::start(threads, move || Store { pool: pool.clone() })
         };
-        let writer = if db.backend() == "sqlite" {
+        let single = || {
             let pool = db.writer.clone();
             SyncArbiter::start(1, move || Store { pool: pool.clone() })
+        };
+        let (writer, ordered) = if db.backend() == "sqlite" {
+            let w = single();
+            (w.clone(), w)
         } else {
-            readers.clone()
+            (readers.clone(), single())
         };
         StoreHandle {
             readers,
             writer,
+            ordered,
             backend: db.backend(),
         }
     }
@@ -89,12 +96,27 @@ impl StoreHandle {
         Self::run(&self.writer, Box::new(f)).await
     }
 
-    /// Queues a write without waiting for it; writes queued from one place run in order.
+    /// Queues a write without waiting for it; detached writes run one at a time, in the
+    /// order they were queued.
     pub fn write_detached(
         &self,
         f: impl FnOnce(&mut DbConn) -> Result<(), StoreError> + Send + 'static,
     ) {
-        self.writer.do_send(Run(Box::new(f)));
+        self.ordered.do_send(Run(Box::new(f)));
+    }
+
+    /// Runs a write in order with the detached writes (lifecycle state and events): one
+    /// writer decides the order in which they commit.
+    pub async fn write_ordered<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        Self::run(&self.ordered, Box::new(f)).await
+    }
+
+    /// Waits until every detached write queued before this call has run.
+    pub async fn flush_detached(&self) -> Result<(), StoreError> {
+        Self::run(&self.ordered, Box::new(|_| Ok(()))).await
     }
 
     /// A cheap query, for readiness.
