@@ -32,7 +32,12 @@ pub enum LlmError {
     /// A non-2xx answer, with the message of its `{"error": …}` body. 502 `llm_error`;
     /// retryable when 5xx, never when 4xx.
     #[error("Ollama answered {status}: {message}")]
-    Status { status: u16, message: String },
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The `error` of the body, or the body as text, or the status's reason.
+        message: String,
+    },
     /// An `{"error": …}` line in the middle of a stream. 502 `llm_error`.
     #[error("Ollama failed mid-stream: {0}")]
     Stream(String),
@@ -75,6 +80,7 @@ impl LlmError {
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,
+    /// The text.
     pub content: String,
 }
 
@@ -83,6 +89,7 @@ pub struct ChatMessage {
 pub struct ChatRequest {
     /// The model, e.g. `mistral` (Ollama reads it as `mistral:latest`).
     pub model: String,
+    /// The conversation, oldest first, the new user message last.
     pub messages: Vec<ChatMessage>,
     /// Model parameters, sent as `options` exactly as given (omitted when empty).
     #[serde(default)]
@@ -96,6 +103,7 @@ pub struct ChatRequest {
 /// The model's whole reply and what Ollama reported about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatReply {
+    /// The whole reply text.
     pub content: String,
     /// `prompt_eval_count`.
     pub prompt_tokens: Option<u64>,

@@ -25,10 +25,16 @@ pub enum LineError {
     /// A line (complete or still growing) is longer than the limit. The decoder drops
     /// what it buffered.
     #[error("a line is longer than {limit} bytes")]
-    TooLong { limit: usize },
+    TooLong {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// A complete line is not valid UTF-8.
     #[error("a line is not valid UTF-8 (after {valid_up_to} bytes)")]
-    InvalidUtf8 { valid_up_to: usize },
+    InvalidUtf8 {
+        /// How many bytes of the line are valid.
+        valid_up_to: usize,
+    },
 }
 
 /// Buffers chunks and yields complete lines: `\n` or `\r\n` terminated, blank lines
