@@ -31,6 +31,8 @@ pub struct Daemon {
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     level: LevelSwitch,
+    /// The configuration in force: the start-up one, then each reloaded one.
+    current: std::sync::Mutex<Config>,
 }
 
 /// Opens the database and runs the migrations (also `botd migrate`).
@@ -73,6 +75,7 @@ impl Daemon {
         match ready_rx.recv() {
             Ok(Ok((addr, state))) => Ok(Daemon {
                 addr,
+                current: std::sync::Mutex::new((*state.config).clone()),
                 state,
                 shutdown,
                 thread: Some(thread),
@@ -114,7 +117,8 @@ impl Daemon {
     /// changed key that needs a restart.
     pub fn reload(&self, new: &Config) {
         let log = &self.state.log;
-        let old = &self.state.config;
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let old = &*current;
         self.level.set(new.logging.level);
         if new.llm.max_concurrent != old.llm.max_concurrent || new.llm.max_queue != old.llm.max_queue
         {
@@ -126,7 +130,8 @@ impl Daemon {
         for key in restart_only_changes(old, new) {
             warn!(log, "A changed setting takes effect only after a restart."; "key" => &key);
         }
-        info!(log, "The configuration was reloaded."; "level" => format!("{:?}", new.logging.level).to_lowercase());
+        info!(log, "The configuration was reloaded."; "log_level" => format!("{:?}", new.logging.level).to_lowercase());
+        *current = new.clone();
     }
 }
 
