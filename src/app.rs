@@ -120,7 +120,8 @@ impl Daemon {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let old = &*current;
         self.level.set(new.logging.level);
-        if new.llm.max_concurrent != old.llm.max_concurrent || new.llm.max_queue != old.llm.max_queue
+        if new.llm.max_concurrent != old.llm.max_concurrent
+            || new.llm.max_queue != old.llm.max_queue
         {
             self.state.llm.pool().do_send(SetLimits {
                 max_concurrent: new.llm.max_concurrent,
@@ -215,7 +216,9 @@ async fn run(
             // Tokio's listener must be registered on the runtime that polls it.
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => server::serve(l, filter, options, stop, log).await,
-                Err(e) => slog::error!(log, "The listener cannot be used."; "error" => e.to_string()),
+                Err(e) => {
+                    slog::error!(log, "The listener cannot be used."; "error" => e.to_string())
+                }
             }
         })
     };
@@ -245,7 +248,11 @@ async fn build(
     config: Arc<Config>,
     secret: Vec<u8>,
     log: Logger,
-) -> anyhow::Result<(Arc<AppState>, tokio::runtime::Runtime, std::net::TcpListener)> {
+) -> anyhow::Result<(
+    Arc<AppState>,
+    tokio::runtime::Runtime,
+    std::net::TcpListener,
+)> {
     let db = {
         let (config, log) = (config.clone(), log.clone());
         // Connecting and migrating block: keep them off the actor thread's executor.

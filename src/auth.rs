@@ -207,7 +207,12 @@ mod tests {
     #[test]
     fn a_minted_token_verifies_with_its_claims() {
         let keys = JwtKeys::new(SECRET);
-        let t = keys.mint("ci", Role::Operator, TokenKind::Service, Duration::from_secs(60));
+        let t = keys.mint(
+            "ci",
+            Role::Operator,
+            TokenKind::Service,
+            Duration::from_secs(60),
+        );
         let c = keys.verify(&t).unwrap();
         assert_eq!(c.sub, "ci");
         assert_eq!(c.role, Role::Operator);
@@ -219,7 +224,12 @@ mod tests {
     fn another_secret_or_garbage_is_refused() {
         let keys = JwtKeys::new(SECRET);
         let other = JwtKeys::new(b"another-secret-another-secret-xx");
-        let t = other.mint("ci", Role::Admin, TokenKind::Service, Duration::from_secs(60));
+        let t = other.mint(
+            "ci",
+            Role::Admin,
+            TokenKind::Service,
+            Duration::from_secs(60),
+        );
         assert!(keys.verify(&t).is_err());
         assert!(keys.verify("garbage").is_err());
         assert!(keys.verify("").is_err());

@@ -12,7 +12,11 @@ use crate::config::{Config, ConfigSource};
 use crate::telemetry::{self, LevelSwitch};
 
 #[derive(Debug, Parser)]
-#[command(name = "botd", version, about = "A supervisor daemon for fleets of LLM-backed bots")]
+#[command(
+    name = "botd",
+    version,
+    about = "A supervisor daemon for fleets of LLM-backed bots"
+)]
 pub struct Cli {
     /// The configuration file (default ./config.toml, or BOTD_CONFIG).
     #[arg(long, global = true, value_name = "PATH")]
@@ -68,7 +72,10 @@ pub fn main() -> i32 {
                 Ok(c) => c,
                 Err(e) => return fail(&e.to_string()),
             };
-            let log = telemetry::logger(config.logging.format, LevelSwitch::new(config.logging.level));
+            let log = telemetry::logger(
+                config.logging.format,
+                LevelSwitch::new(config.logging.level),
+            );
             match open_database(&config, &log) {
                 Ok(_) => 0,
                 Err(e) => fail(&format!("{e:#}")),
@@ -88,7 +95,10 @@ pub fn main() -> i32 {
                 false,
             ) {
                 Ok(Some(secret)) => {
-                    println!("{}", JwtKeys::new(&secret).mint(&sub, role, TokenKind::Service, ttl));
+                    println!(
+                        "{}",
+                        JwtKeys::new(&secret).mint(&sub, role, TokenKind::Service, ttl)
+                    );
                     0
                 }
                 Ok(None) => fail(&format!(
@@ -123,7 +133,10 @@ fn run(config: Config, source: ConfigSource) -> i32 {
             return fail(&format!("{e:#}"));
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the signal runtime: {e}")),
     };

@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use botd_actors::settings::{
-    check_range, BotDefaults, InvalidSetting, Limits, LlmSettings, PoolSettings,
-    SupervisorSettings,
+    check_range, BotDefaults, InvalidSetting, Limits, LlmSettings, PoolSettings, SupervisorSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -531,7 +530,9 @@ impl Config {
 fn env_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }
@@ -670,21 +671,42 @@ mod tests {
             ("[redis]\nkey_prefix = \"\"", "redis.key_prefix"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
             ("[http]\ntls_cert = \"c.pem\"", "http.tls_key"),
-            ("[http]\ncors_origins = [\"example.com\"]", "http.cors_origins"),
+            (
+                "[http]\ncors_origins = [\"example.com\"]",
+                "http.cors_origins",
+            ),
             ("[auth]\njwt_secret = \"short\"", "auth.jwt_secret"),
             ("[auth]\ntoken_ttl_secs = 1", "auth.token_ttl_secs"),
-            ("[bots]\ndefault_concurrency = 0", "bots.default_concurrency"),
-            ("[bots]\ndefault_mailbox_capacity = 100001", "bots.default_mailbox_capacity"),
-            ("[supervisor]\nbackoff_initial_ms = 0", "supervisor.backoff_initial_ms"),
+            (
+                "[bots]\ndefault_concurrency = 0",
+                "bots.default_concurrency",
+            ),
+            (
+                "[bots]\ndefault_mailbox_capacity = 100001",
+                "bots.default_mailbox_capacity",
+            ),
+            (
+                "[supervisor]\nbackoff_initial_ms = 0",
+                "supervisor.backoff_initial_ms",
+            ),
             (
                 "[supervisor]\nbackoff_initial_ms = 500\nbackoff_max_ms = 100",
                 "supervisor.backoff_max_ms",
             ),
             ("[pools]\ncheck_interval_ms = 1", "pools.check_interval_ms"),
-            ("[logging]\nfollow_buffer_records = 0", "logging.follow_buffer_records"),
+            (
+                "[logging]\nfollow_buffer_records = 0",
+                "logging.follow_buffer_records",
+            ),
             ("[retention]\nbatch_size = 0", "retention.batch_size"),
-            ("[rate_limit]\nrequests_per_minute = 0", "rate_limit.requests_per_minute"),
-            ("[limits]\nmax_content_bytes = 0", "limits.max_content_bytes"),
+            (
+                "[rate_limit]\nrequests_per_minute = 0",
+                "rate_limit.requests_per_minute",
+            ),
+            (
+                "[limits]\nmax_content_bytes = 0",
+                "limits.max_content_bytes",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text, &[]).unwrap_err();
@@ -731,7 +753,13 @@ mod tests {
         .unwrap();
         let shown = c.to_masked_toml();
         assert!(!shown.contains("canary"), "{shown}");
-        assert!(shown.contains("postgres://botd:********@db/botd"), "{shown}");
-        assert!(shown.contains("redis://:********@127.0.0.1:6379"), "{shown}");
+        assert!(
+            shown.contains("postgres://botd:********@db/botd"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("redis://:********@127.0.0.1:6379"),
+            "{shown}"
+        );
     }
 }

@@ -39,7 +39,10 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("referrer-policy", "no-referrer"),
 ];
 
@@ -147,7 +150,10 @@ pub async fn serve<F, R>(
         .await
         .is_err()
     {
-        warn!(log, "Some connections were still open at the drain deadline.");
+        warn!(
+            log,
+            "Some connections were still open at the drain deadline."
+        );
     }
 }
 

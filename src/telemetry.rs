@@ -79,12 +79,26 @@ pub fn logger_to<W: Write + Send + 'static>(
                 ))
                 .build();
             let drain = Mutex::new(json).map(slog::IgnoreResult::new);
-            Logger::root(Filtered { inner: drain, level }.fuse(), o!())
+            Logger::root(
+                Filtered {
+                    inner: drain,
+                    level,
+                }
+                .fuse(),
+                o!(),
+            )
         }
         LogFormat::Term => {
             let decorator = slog_term::PlainSyncDecorator::new(out);
             let drain = slog_term::FullFormat::new(decorator).build().ignore_res();
-            Logger::root(Filtered { inner: drain, level }.fuse(), o!())
+            Logger::root(
+                Filtered {
+                    inner: drain,
+                    level,
+                }
+                .fuse(),
+                o!(),
+            )
         }
     }
 }

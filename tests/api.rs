@@ -33,7 +33,9 @@ async fn a_bot_lives_through_create_start_send_history_stop_delete() {
     assert_eq!(bot["mailbox_capacity"], 64);
     assert_eq!(bot["options"]["temperature"], 0.5);
 
-    let (s, bot) = app.post("/api/v1/bots/support-1/start", &app.operator, json!({})).await;
+    let (s, bot) = app
+        .post("/api/v1/bots/support-1/start", &app.operator, json!({}))
+        .await;
     assert_eq!(s, 200, "{bot}");
     assert_eq!(bot["state"], "running");
     assert_eq!(bot["desired_state"], "running");
@@ -47,7 +49,9 @@ async fn a_bot_lives_through_create_start_send_history_stop_delete() {
     assert!(answer["id"].as_str().unwrap().parse::<i64>().is_ok());
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 
-    let (s, history) = app.get("/api/v1/bots/support-1/messages", &app.viewer).await;
+    let (s, history) = app
+        .get("/api/v1/bots/support-1/messages", &app.viewer)
+        .await;
     assert_eq!(s, 200, "{history}");
     let msgs = history["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 2);
@@ -60,7 +64,9 @@ async fn a_bot_lives_through_create_start_send_history_stop_delete() {
     assert_eq!(msgs[1]["id"], answer["id"]);
     assert_eq!(msgs[0]["id"], answer["reply"]["id"]);
 
-    let (s, bot) = app.post("/api/v1/bots/support-1/stop", &app.operator, json!({})).await;
+    let (s, bot) = app
+        .post("/api/v1/bots/support-1/stop", &app.operator, json!({}))
+        .await;
     assert_eq!(s, 200, "{bot}");
     assert_eq!(bot["state"], "stopped");
     assert_eq!(bot["desired_state"], "stopped");
@@ -71,7 +77,9 @@ async fn a_bot_lives_through_create_start_send_history_stop_delete() {
     assert_eq!(s, 404);
     assert_eq!(code(&body), "bot_not_found");
     // History outlives the bot.
-    let (s, history) = app.get("/api/v1/bots/support-1/messages", &app.viewer).await;
+    let (s, history) = app
+        .get("/api/v1/bots/support-1/messages", &app.viewer)
+        .await;
     assert_eq!(s, 200);
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
 
@@ -95,24 +103,41 @@ async fn a_bot_lives_through_create_start_send_history_stop_delete() {
 async fn lifecycle_conflicts_have_their_codes() {
     let app = spawn_app().await;
     app.running_bot("b1", json!({})).await;
-    let (s, body) = app.post("/api/v1/bots", &app.admin, json!({"name": "b1"})).await;
+    let (s, body) = app
+        .post("/api/v1/bots", &app.admin, json!({"name": "b1"}))
+        .await;
     assert_eq!((s, code(&body)), (409, "bot_exists"));
-    let (s, body) = app.post("/api/v1/bots/b1/start", &app.operator, json!({})).await;
+    let (s, body) = app
+        .post("/api/v1/bots/b1/start", &app.operator, json!({}))
+        .await;
     assert_eq!((s, code(&body)), (409, "bot_already_running"));
-    app.post("/api/v1/bots/b1/stop", &app.operator, json!({})).await;
+    app.post("/api/v1/bots/b1/stop", &app.operator, json!({}))
+        .await;
     let (s, body) = app.send("b1", "hi").await;
     assert_eq!((s, code(&body)), (409, "bot_not_running"));
-    let (s, body) = app.post("/api/v1/bots/b1/stop", &app.operator, json!({})).await;
+    let (s, body) = app
+        .post("/api/v1/bots/b1/stop", &app.operator, json!({}))
+        .await;
     assert_eq!((s, code(&body)), (409, "bot_not_running"));
     let (s, body) = app.send("nobody", "hi").await;
     assert_eq!((s, code(&body)), (404, "bot_not_found"));
-    let (s, body) = app.post("/api/v1/bots/nobody/start", &app.operator, json!({})).await;
+    let (s, body) = app
+        .post("/api/v1/bots/nobody/start", &app.operator, json!({}))
+        .await;
     assert_eq!((s, code(&body)), (404, "bot_not_found"));
     // A restart of a stopped bot starts it.
-    let (s, body) = app.post("/api/v1/bots/b1/restart", &app.operator, json!({})).await;
+    let (s, body) = app
+        .post("/api/v1/bots/b1/restart", &app.operator, json!({}))
+        .await;
     assert_eq!((s, body["state"].as_str()), (200, Some("running")));
-    let (s, body) = app.post("/api/v1/bots/b1/restart", &app.operator, json!({})).await;
-    assert_eq!((s, body["state"].as_str()), (200, Some("running")), "{body}");
+    let (s, body) = app
+        .post("/api/v1/bots/b1/restart", &app.operator, json!({}))
+        .await;
+    assert_eq!(
+        (s, body["state"].as_str()),
+        (200, Some("running")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,13 +149,22 @@ async fn bad_names_and_fields_are_400_naming_the_field() {
         (json!({"name": "b", "model": "no spaces"}), "model"),
         (json!({"name": "b", "concurrency": 0}), "concurrency"),
         (json!({"name": "b", "concurrency": 1025}), "concurrency"),
-        (json!({"name": "b", "mailbox_capacity": 100001}), "mailbox_capacity"),
-        (json!({"name": "b", "context_messages": -1}), "context_messages"),
+        (
+            json!({"name": "b", "mailbox_capacity": 100001}),
+            "mailbox_capacity",
+        ),
+        (
+            json!({"name": "b", "context_messages": -1}),
+            "context_messages",
+        ),
         (json!({"name": "b", "restart": "sometimes"}), "restart"),
         (json!({"name": "b", "options": [1, 2]}), "options"),
         (json!({"name": "b", "pool": "P"}), "pool"),
         (json!({"name": "b", "concurrency": "four"}), "concurrency"),
-        (json!({"name": "b", "system_prompt": "x".repeat(32 * 1024 + 1)}), "system_prompt"),
+        (
+            json!({"name": "b", "system_prompt": "x".repeat(32 * 1024 + 1)}),
+            "system_prompt",
+        ),
         (json!({"name": "b", "colour": "red"}), "colour"),
         (json!({"model": "mistral"}), "name"),
     ];
@@ -145,18 +179,33 @@ async fn bad_names_and_fields_are_400_naming_the_field() {
     let sends = [
         (json!({"content": "x", "priority": 4}), "priority"),
         (json!({"content": "x", "timeout_ms": 0}), "timeout_ms"),
-        (json!({"content": "x", "conversation": "has space"}), "conversation"),
+        (
+            json!({"content": "x", "conversation": "has space"}),
+            "conversation",
+        ),
         (json!({"content": "x", "extra": 1}), "extra"),
         (json!({"conversation": "c"}), "content"),
     ];
     for (body, field) in sends {
-        let (s, resp) = app.post("/api/v1/bots/b/messages", &app.operator, body.clone()).await;
+        let (s, resp) = app
+            .post("/api/v1/bots/b/messages", &app.operator, body.clone())
+            .await;
         assert_eq!((s, code(&resp)), (400, "invalid_field"), "{body}: {resp}");
-        assert!(resp["error"]["message"].as_str().unwrap().starts_with(field), "{resp}");
+        assert!(
+            resp["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{resp}"
+        );
     }
-    let (s, resp) = app.get("/api/v1/bots/b/messages?limit=501", &app.viewer).await;
+    let (s, resp) = app
+        .get("/api/v1/bots/b/messages?limit=501", &app.viewer)
+        .await;
     assert_eq!((s, code(&resp)), (400, "invalid_field"));
-    let (s, resp) = app.get("/api/v1/bots/b/messages?colour=red", &app.viewer).await;
+    let (s, resp) = app
+        .get("/api/v1/bots/b/messages?colour=red", &app.viewer)
+        .await;
     assert_eq!((s, code(&resp)), (400, "invalid_field"));
 }
 
@@ -174,7 +223,9 @@ async fn a_body_that_is_not_json_is_invalid_json_and_limits_hold() {
         .unwrap();
     let (s, body) = support::status_json(r).await;
     assert_eq!((s, code(&body)), (400, "invalid_json"));
-    assert!(body["error"]["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(body["error"]["request_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
 
     let r = app
         .http
@@ -203,7 +254,11 @@ async fn a_body_that_is_not_json_is_invalid_json_and_limits_hold() {
 
     app.running_bot("b", json!({})).await;
     let (s, body) = app
-        .post("/api/v1/bots/b/messages", &app.operator, json!({"content": "x".repeat(65537)}))
+        .post(
+            "/api/v1/bots/b/messages",
+            &app.operator,
+            json!({"content": "x".repeat(65537)}),
+        )
         .await;
     assert_eq!((s, code(&body)), (400, "invalid_field"));
     let (s, body) = app.get("/api/v1/nowhere", &app.viewer).await;
@@ -225,7 +280,11 @@ mod base64_like {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
             let chars = chunk.len() + 1;
             for i in 0..chars {
@@ -246,11 +305,19 @@ async fn every_bad_token_is_the_same_401_and_roles_are_enforced() {
         ("garbage".into(), Some("garbage".into())),
         (
             "bad signature".into(),
-            Some(token_with(good.clone(), Algorithm::HS256, b"another-secret-another-secret-xx")),
+            Some(token_with(
+                good.clone(),
+                Algorithm::HS256,
+                b"another-secret-another-secret-xx",
+            )),
         ),
         (
             "HS512".into(),
-            Some(token_with(good.clone(), Algorithm::HS512, SECRET.as_bytes())),
+            Some(token_with(
+                good.clone(),
+                Algorithm::HS512,
+                SECRET.as_bytes(),
+            )),
         ),
         (
             "alg none".into(),
@@ -263,14 +330,23 @@ async fn every_bad_token_is_the_same_401_and_roles_are_enforced() {
     ];
     let mut expired = good.clone();
     expired["exp"] = json!(now - 120);
-    tokens.push(("expired".into(), Some(token_with(expired, Algorithm::HS256, SECRET.as_bytes()))));
+    tokens.push((
+        "expired".into(),
+        Some(token_with(expired, Algorithm::HS256, SECRET.as_bytes())),
+    ));
     let mut wrong_iss = good.clone();
     wrong_iss["iss"] = json!("someone-else");
-    tokens.push(("wrong iss".into(), Some(token_with(wrong_iss, Algorithm::HS256, SECRET.as_bytes()))));
+    tokens.push((
+        "wrong iss".into(),
+        Some(token_with(wrong_iss, Algorithm::HS256, SECRET.as_bytes())),
+    ));
     for claim in ["sub", "role", "kind", "iat", "exp", "iss"] {
         let mut c = good.clone();
         c.as_object_mut().unwrap().remove(claim);
-        tokens.push((format!("no {claim}"), Some(token_with(c, Algorithm::HS256, SECRET.as_bytes()))));
+        tokens.push((
+            format!("no {claim}"),
+            Some(token_with(c, Algorithm::HS256, SECRET.as_bytes())),
+        ));
     }
     let mut first: Option<Value> = None;
     for (what, token) in tokens {
@@ -294,12 +370,22 @@ async fn every_bad_token_is_the_same_401_and_roles_are_enforced() {
     assert_eq!(s, 200);
     let _: Claims = app.keys.verify(&app.admin).unwrap();
 
-    app.post("/api/v1/bots", &app.admin, json!({"name": "b"})).await;
-    let (s, body) = app.post("/api/v1/bots/b/start", &app.viewer, json!({})).await;
+    app.post("/api/v1/bots", &app.admin, json!({"name": "b"}))
+        .await;
+    let (s, body) = app
+        .post("/api/v1/bots/b/start", &app.viewer, json!({}))
+        .await;
     assert_eq!((s, code(&body)), (403, "forbidden"));
-    let (s, body) = app.post("/api/v1/bots", &app.operator, json!({"name": "c"})).await;
+    let (s, body) = app
+        .post("/api/v1/bots", &app.operator, json!({"name": "c"}))
+        .await;
     assert_eq!((s, code(&body)), (403, "forbidden"));
-    let viewer_token = app.keys.mint("v", Role::Viewer, TokenKind::Service, Duration::from_secs(60));
+    let viewer_token = app.keys.mint(
+        "v",
+        Role::Viewer,
+        TokenKind::Service,
+        Duration::from_secs(60),
+    );
     let (s, _) = app.get("/api/v1/bots/b", &viewer_token).await;
     assert_eq!(s, 200);
 }
@@ -323,15 +409,22 @@ async fn history_survives_a_restart_and_each_bot_keeps_its_own() {
     let msgs = history["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 6);
     assert!(msgs.iter().all(|m| m["bot"] == "a"));
-    assert!(msgs.iter().all(|m| !m["content"].as_str().unwrap().contains("to b")));
+    assert!(msgs
+        .iter()
+        .all(|m| !m["content"].as_str().unwrap().contains("to b")));
     let (_, history) = app.get("/api/v1/bots/b/messages", &app.viewer).await;
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
     // Paging by id.
-    let (_, page) = app.get("/api/v1/bots/a/messages?limit=4", &app.viewer).await;
+    let (_, page) = app
+        .get("/api/v1/bots/a/messages?limit=4", &app.viewer)
+        .await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 4);
     let before = page["next_before"].as_str().unwrap().to_owned();
     let (_, rest) = app
-        .get(&format!("/api/v1/bots/a/messages?limit=4&before={before}"), &app.viewer)
+        .get(
+            &format!("/api/v1/bots/a/messages?limit=4&before={before}"),
+            &app.viewer,
+        )
         .await;
     assert_eq!(rest["messages"].as_array().unwrap().len(), 2);
     assert!(rest["next_before"].is_null());
@@ -357,7 +450,9 @@ async fn large_and_multibyte_content_round_trips_intact() {
     let last = seen.last().unwrap();
     let msgs = last["messages"].as_array().unwrap();
     assert_eq!(msgs.last().unwrap()["content"].as_str().unwrap(), big);
-    let (_, history) = app.get("/api/v1/bots/b/messages?limit=2", &app.viewer).await;
+    let (_, history) = app
+        .get("/api/v1/bots/b/messages?limit=2", &app.viewer)
+        .await;
     assert_eq!(history["messages"][1]["content"].as_str().unwrap(), big);
 
     // A reply whose characters are cut across network chunks arrives intact.
@@ -380,8 +475,15 @@ async fn large_and_multibyte_content_round_trips_intact() {
     let mut streamed = String::new();
     let mut done = None;
     for block in text.split("\n\n") {
-        let event = block.lines().find_map(|l| l.strip_prefix("event:")).map(str::trim);
-        let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+        let event = block
+            .lines()
+            .find_map(|l| l.strip_prefix("event:"))
+            .map(str::trim);
+        let data: String = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim_start)
+            .collect();
         match event {
             Some("token") => {
                 let v: Value = serde_json::from_str(&data).unwrap();
@@ -398,24 +500,45 @@ async fn large_and_multibyte_content_round_trips_intact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_system_prompt_and_earlier_turns_reach_the_model() {
     let app = spawn_app().await;
-    app.running_bot("b", json!({"system_prompt": "You are terse.", "context_messages": 4})).await;
+    app.running_bot(
+        "b",
+        json!({"system_prompt": "You are terse.", "context_messages": 4}),
+    )
+    .await;
     for text in ["one", "two", "three"] {
         let (s, _) = app
-            .post("/api/v1/bots/b/messages", &app.operator, json!({"content": text, "conversation": "c1"}))
+            .post(
+                "/api/v1/bots/b/messages",
+                &app.operator,
+                json!({"content": text, "conversation": "c1"}),
+            )
             .await;
         assert_eq!(s, 200);
     }
     // Another conversation stays out of c1's context.
-    app.post("/api/v1/bots/b/messages", &app.operator, json!({"content": "other", "conversation": "c2"}))
-        .await;
-    app.post("/api/v1/bots/b/messages", &app.operator, json!({"content": "four", "conversation": "c1"}))
-        .await;
+    app.post(
+        "/api/v1/bots/b/messages",
+        &app.operator,
+        json!({"content": "other", "conversation": "c2"}),
+    )
+    .await;
+    app.post(
+        "/api/v1/bots/b/messages",
+        &app.operator,
+        json!({"content": "four", "conversation": "c1"}),
+    )
+    .await;
     let last = app.sim.chat_requests().last().cloned().unwrap();
     let roles_contents: Vec<(String, String)> = last["messages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["role"].as_str().unwrap().into(), m["content"].as_str().unwrap().into()))
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().into(),
+                m["content"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let expect: Vec<(String, String)> = [
         ("system", "You are terse."),
@@ -435,19 +558,49 @@ async fn the_system_prompt_and_earlier_turns_reach_the_model() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_is_503_mailbox_full_with_retry_after() {
     let app = spawn_app().await;
-    app.running_bot("b", json!({"concurrency": 1, "mailbox_capacity": 1})).await;
+    app.running_bot("b", json!({"concurrency": 1, "mailbox_capacity": 1}))
+        .await;
     let gate = app.sim.gate();
     gate.close();
     let first = tokio::spawn({
-        let (http, url, t) = (app.http.clone(), app.url("/api/v1/bots/b/messages"), app.operator.clone());
-        async move { http.post(url).bearer_auth(t).json(&json!({"content": "1", "conversation": "a"})).send().await.unwrap().status() }
+        let (http, url, t) = (
+            app.http.clone(),
+            app.url("/api/v1/bots/b/messages"),
+            app.operator.clone(),
+        );
+        async move {
+            http.post(url)
+                .bearer_auth(t)
+                .json(&json!({"content": "1", "conversation": "a"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     });
-    assert!(app.sim.wait_for(Duration::from_secs(10), |s| s.in_flight() == 1).await);
+    assert!(
+        app.sim
+            .wait_for(Duration::from_secs(10), |s| s.in_flight() == 1)
+            .await
+    );
     let second = tokio::spawn({
-        let (http, url, t) = (app.http.clone(), app.url("/api/v1/bots/b/messages"), app.operator.clone());
-        async move { http.post(url).bearer_auth(t).json(&json!({"content": "2", "conversation": "b"})).send().await.unwrap().status() }
+        let (http, url, t) = (
+            app.http.clone(),
+            app.url("/api/v1/bots/b/messages"),
+            app.operator.clone(),
+        );
+        async move {
+            http.post(url)
+                .bearer_auth(t)
+                .json(&json!({"content": "2", "conversation": "b"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     });
-    app.wait_for_bot("b", Duration::from_secs(10), |b| b["mailbox_depth"] == 1).await;
+    app.wait_for_bot("b", Duration::from_secs(10), |b| b["mailbox_depth"] == 1)
+        .await;
     let r = app
         .http
         .post(app.url("/api/v1/bots/b/messages"))
@@ -456,7 +609,11 @@ async fn a_full_queue_is_503_mailbox_full_with_retry_after() {
         .send()
         .await
         .unwrap();
-    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
     let (s, body) = support::status_json(r).await;
     assert_eq!((s, code(&body)), (503, "mailbox_full"));
@@ -496,21 +653,34 @@ async fn model_server_errors_have_the_documented_codes() {
     app.running_bot("b", json!({})).await;
 
     // An unknown model is the model server's 404: 502, not retried.
-    app.running_bot("ghost", json!({"model": "no-such-model"})).await;
+    app.running_bot("ghost", json!({"model": "no-such-model"}))
+        .await;
     let before = app.sim.chat_requests().len();
     let (s, body) = app.send("ghost", "hi").await;
     assert_eq!((s, code(&body)), (502, "llm_error"), "{body}");
-    assert_eq!(app.sim.chat_requests().len() - before, 1, "a 4xx is never retried");
+    assert_eq!(
+        app.sim.chat_requests().len() - before,
+        1,
+        "a 4xx is never retried"
+    );
 
     // A 5xx is retried; after the retries it is 502.
     let before = app.sim.chat_requests().len();
     app.sim.fail_next(3, 500, "runner failed");
     let (s, body) = app.send("b", "hi").await;
     assert_eq!((s, code(&body)), (502, "llm_error"), "{body}");
-    assert_eq!(app.sim.chat_requests().len() - before, 3, "one call and two retries");
+    assert_eq!(
+        app.sim.chat_requests().len() - before,
+        3,
+        "one call and two retries"
+    );
 
     // A 5xx that heals within the retries is answered.
-    app.sim.fail_next(1, 503, "server busy, please try again.  maximum pending requests exceeded");
+    app.sim.fail_next(
+        1,
+        503,
+        "server busy, please try again.  maximum pending requests exceeded",
+    );
     let (s, body) = app.send("b", "hi").await;
     assert_eq!(s, 200, "{body}");
 
@@ -524,7 +694,10 @@ async fn model_server_errors_have_the_documented_codes() {
     let msgs = history["messages"].as_array().unwrap();
     // Every answered message has its reply; failed ones have none.
     let answered = msgs.iter().filter(|m| m["role"] == "assistant").count();
-    let complete = msgs.iter().filter(|m| m["role"] == "user" && m["status"] == "complete").count();
+    let complete = msgs
+        .iter()
+        .filter(|m| m["role"] == "user" && m["status"] == "complete")
+        .count();
     assert_eq!((answered, complete), (1, 1));
     assert_eq!(msgs.iter().filter(|m| m["status"] == "failed").count(), 2);
 }
@@ -546,12 +719,21 @@ async fn health_readiness_and_request_ids() {
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     let (s, body) = support::status_json(r).await;
     assert_eq!(s, 200);
-    assert_eq!(body, json!({"status": "ready", "checks": {"database": "ok", "llm": "ok", "redis": "disabled"}}));
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"database": "ok", "llm": "ok", "redis": "disabled"}})
+    );
     let (s, body) = app.get("/api/v1/status", &app.viewer).await;
     assert_eq!(s, 200);
     assert_eq!(body["llm"]["capacity"], 4);
     assert_eq!(body["bots"]["running"], 0);
-    let r = app.http.get(app.url("/api/v1/bots")).header("x-request-id", "abc").send().await.unwrap();
+    let r = app
+        .http
+        .get(app.url("/api/v1/bots"))
+        .header("x-request-id", "abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc");
     let (_, body) = support::status_json(r).await;
     assert_eq!(body["error"]["request_id"], "abc");

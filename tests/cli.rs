@@ -82,7 +82,10 @@ fn the_daemon_starts_on_the_embedded_default_serves_readyz_and_stops_on_sigterm(
     let text = std::fs::read_to_string(&secret).unwrap();
     assert_eq!(text.trim().len(), 64);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     signal(&child, "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0));
@@ -91,7 +94,11 @@ fn the_daemon_starts_on_the_embedded_default_serves_readyz_and_stops_on_sigterm(
 #[test]
 fn a_bad_config_stops_start_up_with_one_line_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.toml"), "[llm]\nmax_concurrent = 0\n").unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[llm]\nmax_concurrent = 0\n",
+    )
+    .unwrap();
     let out = botd(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
@@ -100,14 +107,18 @@ fn a_bad_config_stops_start_up_with_one_line_naming_the_key() {
 
     let out = botd(dir.path()).arg("check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("llm.max_concurrent"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("llm.max_concurrent"));
 
     let out = botd(dir.path())
         .args(["--config", "missing.toml", "check-config"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8(out.stderr).unwrap().contains("missing.toml"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("missing.toml"));
 }
 
 #[test]
@@ -120,7 +131,10 @@ fn check_config_prints_the_effective_configuration_with_secrets_masked() {
     .unwrap();
     let out = botd(dir.path())
         .arg("check-config")
-        .env("BOTD_DATABASE__URL", "postgres://botd:pw-CANARY@127.0.0.1/botd")
+        .env(
+            "BOTD_DATABASE__URL",
+            "postgres://botd:pw-CANARY@127.0.0.1/botd",
+        )
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));

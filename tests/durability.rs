@@ -103,7 +103,12 @@ impl Proc {
 }
 
 fn token() -> String {
-    JwtKeys::new(SECRET.as_bytes()).mint("durability", Role::Admin, TokenKind::Service, Duration::from_secs(3600))
+    JwtKeys::new(SECRET.as_bytes()).mint(
+        "durability",
+        Role::Admin,
+        TokenKind::Service,
+        Duration::from_secs(3600),
+    )
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
@@ -124,7 +129,12 @@ async fn nothing_answered_is_lost_to_kill_9(db: TestDb) {
     let mut p = spawn(&config);
     let http = reqwest::Client::new();
     for b in ["k1", "k2", "k3"] {
-        let (s, body) = post(&http, p.url("/api/v1/bots"), json!({"name": b, "autostart": true})).await;
+        let (s, body) = post(
+            &http,
+            p.url("/api/v1/bots"),
+            json!({"name": b, "autostart": true}),
+        )
+        .await;
         assert_eq!(s, 201, "{body}");
     }
     let answered = Arc::new(Mutex::new(Vec::<Value>::new()));
@@ -162,9 +172,17 @@ async fn nothing_answered_is_lost_to_kill_9(db: TestDb) {
     let answered = answered.lock().unwrap().clone();
     let p = spawn(&config);
     for b in ["k1", "k2", "k3"] {
-        let r = http.get(p.url(&format!("/api/v1/bots/{b}"))).bearer_auth(token()).send().await.unwrap();
+        let r = http
+            .get(p.url(&format!("/api/v1/bots/{b}")))
+            .bearer_auth(token())
+            .send()
+            .await
+            .unwrap();
         let bot: Value = r.json().await.unwrap();
-        assert_eq!(bot["state"], "running", "desired state survives kill -9: {bot}");
+        assert_eq!(
+            bot["state"], "running",
+            "desired state survives kill -9: {bot}"
+        );
     }
     let mut stored = std::collections::HashMap::new();
     for b in ["k1", "k2", "k3"] {
@@ -174,7 +192,15 @@ async fn nothing_answered_is_lost_to_kill_9(db: TestDb) {
             if let Some(id) = &before {
                 url.push_str(&format!("&before={id}"));
             }
-            let page: Value = http.get(url).bearer_auth(token()).send().await.unwrap().json().await.unwrap();
+            let page: Value = http
+                .get(url)
+                .bearer_auth(token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             for m in page["messages"].as_array().unwrap() {
                 stored.insert(m["id"].as_str().unwrap().to_owned(), m.clone());
             }
@@ -221,7 +247,12 @@ async fn sigterm_answers_in_flight_requests_and_a_second_signal_exits_at_once() 
 
     // One: in flight at SIGTERM, answered (its bot finishes within the stop deadline).
     let mut p = spawn(&config);
-    post(&http, p.url("/api/v1/bots"), json!({"name": "s", "autostart": true})).await;
+    post(
+        &http,
+        p.url("/api/v1/bots"),
+        json!({"name": "s", "autostart": true}),
+    )
+    .await;
     let gate = sim.gate();
     gate.close();
     let inflight = tokio::spawn({
@@ -233,14 +264,19 @@ async fn sigterm_answers_in_flight_requests_and_a_second_signal_exits_at_once() 
     p.wait_log(|v| v["msg"] == "botd is shutting down.").await;
     gate.open();
     let (s, body) = inflight.await.unwrap();
-    assert!(s == 200 || (s == 503 && body["error"]["code"] == "shutting_down"), "{s} {body}");
+    assert!(
+        s == 200 || (s == 503 && body["error"]["code"] == "shutting_down"),
+        "{s} {body}"
+    );
     assert_eq!(p.wait_exit(WAIT), Some(0));
 
     // Two: a second signal while the first waits for a held call exits at once with 1.
     let config = write_config(dir.path(), db.url(), &sim.url(), "");
     std::fs::write(
         &config,
-        std::fs::read_to_string(&config).unwrap().replace("stop_timeout_ms = 2000", "stop_timeout_ms = 600000"),
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("stop_timeout_ms = 2000", "stop_timeout_ms = 600000"),
     )
     .unwrap();
     let mut p = spawn(&config);
@@ -263,12 +299,26 @@ async fn sighup_applies_the_log_level_and_pool_size_and_names_what_needs_a_resta
     let sim = Simulator::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = TestDb::sqlite();
-    let config = write_config(dir.path(), db.url(), &sim.url(), "[logging]\nlevel = \"info\"\n");
+    let config = write_config(
+        dir.path(),
+        db.url(),
+        &sim.url(),
+        "[logging]\nlevel = \"info\"\n",
+    );
     let mut p = spawn(&config);
     let http = reqwest::Client::new();
     let status = || {
         let (http, url) = (http.clone(), p.url("/api/v1/status"));
-        async move { http.get(url).bearer_auth(token()).send().await.unwrap().json::<Value>().await.unwrap() }
+        async move {
+            http.get(url)
+                .bearer_auth(token())
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(status().await["llm"]["capacity"], 4);
     let text = std::fs::read_to_string(&config)
@@ -278,7 +328,9 @@ async fn sighup_applies_the_log_level_and_pool_size_and_names_what_needs_a_resta
         .replace("pool_size = 4", "pool_size = 5");
     std::fs::write(&config, text).unwrap();
     p.signal("HUP");
-    let reloaded = p.wait_log(|v| v["msg"] == "The configuration was reloaded.").await;
+    let reloaded = p
+        .wait_log(|v| v["msg"] == "The configuration was reloaded.")
+        .await;
     assert_eq!(reloaded["level"], "info");
     let warned = p
         .wait_log(|v| v["msg"] == "A changed setting takes effect only after a restart.")
@@ -290,7 +342,11 @@ async fn sighup_applies_the_log_level_and_pool_size_and_names_what_needs_a_resta
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Debug records now show: a request to an unknown token is logged at debug.
-    http.get(p.url("/api/v1/bots")).bearer_auth("garbage").send().await.unwrap();
+    http.get(p.url("/api/v1/bots"))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .unwrap();
     p.wait_log(|v| v["level"] == "debug").await;
     p.signal("TERM");
     assert_eq!(p.wait_exit(WAIT), Some(0));

@@ -22,7 +22,13 @@ fn send_bg(app: &TestApp, bot: &str, body: Value) -> tokio::task::JoinHandle<(u1
         app.operator.clone(),
     );
     tokio::spawn(async move {
-        let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+        let r = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         support::status_json(r).await
     })
 }
@@ -49,7 +55,13 @@ async fn in_flight_calls_never_exceed_max_concurrent() {
     let gate = app.sim.gate();
     gate.close();
     let sends: Vec<_> = (0..6)
-        .map(|i| send_bg(&app, "b", json!({"content": format!("m{i}"), "conversation": format!("c{i}")})))
+        .map(|i| {
+            send_bg(
+                &app,
+                "b",
+                json!({"content": format!("m{i}"), "conversation": format!("c{i}")}),
+            )
+        })
         .collect();
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 2).await);
     // The other four wait in the pool's queue, not at Ollama.
@@ -101,7 +113,11 @@ async fn a_full_llm_queue_sheds_with_503_llm_overloaded_and_retry_after() {
         .send()
         .await
         .unwrap();
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let (s, body) = support::status_json(r).await;
     assert_eq!((s, code(&body)), (503, "llm_overloaded"), "{body}");
@@ -117,13 +133,18 @@ async fn a_bot_with_a_long_backlog_cannot_starve_another() {
         c.llm.max_queue = 1000;
     })
     .await;
-    app.running_bot("a", json!({"concurrency": 200, "mailbox_capacity": 300})).await;
+    app.running_bot("a", json!({"concurrency": 200, "mailbox_capacity": 300}))
+        .await;
     app.running_bot("b", json!({})).await;
     let gate = app.sim.gate();
     gate.close();
     let mut backlog = Vec::new();
     for i in 0..200 {
-        backlog.push(send_bg(&app, "a", json!({"content": format!("a{i}"), "conversation": format!("c{i}")})));
+        backlog.push(send_bg(
+            &app,
+            "a",
+            json!({"content": format!("a{i}"), "conversation": format!("c{i}")}),
+        ));
     }
     // All of A's calls are in the pool: one at Ollama, 199 queued.
     let until = std::time::Instant::now() + WAIT;
@@ -188,7 +209,11 @@ async fn the_breaker_opens_fails_fast_and_closes_when_ollama_is_back() {
     let seen = app.sim.chat_requests().len();
     let (s, body) = app.send("b", "hi").await;
     assert_eq!((s, code(&body)), (503, "llm_unavailable"), "{body}");
-    assert_eq!(app.sim.chat_requests().len(), seen, "an open breaker calls nobody");
+    assert_eq!(
+        app.sim.chat_requests().len(),
+        seen,
+        "an open breaker calls nobody"
+    );
 
     // Down and back on the same port: the probe closes the breaker by itself.
     app.sim.down().await;
@@ -199,14 +224,20 @@ async fn the_breaker_opens_fails_fast_and_closes_when_ollama_is_back() {
     app.sim.up().await.unwrap();
     let until = std::time::Instant::now() + WAIT;
     loop {
-        let (_, ready) = support::status_json(app.http.get(app.url("/readyz")).send().await.unwrap()).await;
+        let (_, ready) =
+            support::status_json(app.http.get(app.url("/readyz")).send().await.unwrap()).await;
         if ready["checks"]["llm"] == "ok" {
             break;
         }
         assert!(std::time::Instant::now() < until, "{ready}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let versions = app.sim.requests().iter().filter(|r| r.path == "/api/version").count();
+    let versions = app
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/version")
+        .count();
     assert!(versions >= 1);
     let (s, _) = app.send("b", "hi").await;
     assert_eq!(s, 200);
@@ -218,19 +249,35 @@ async fn a_client_that_disconnects_cancels_its_model_call() {
     app.running_bot("b", json!({})).await;
     let gate = app.sim.gate();
     gate.close();
-    let leaving = send_bg(&app, "b", json!({"content": "leaving", "conversation": "c1"}));
+    let leaving = send_bg(
+        &app,
+        "b",
+        json!({"content": "leaving", "conversation": "c1"}),
+    );
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     leaving.abort();
-    assert!(app.sim.wait_for(WAIT, |s| s.client_closed() == 1).await, "the call was not dropped");
-    let (_, history) = app.get("/api/v1/bots/b/messages?conversation=c1", &app.viewer).await;
+    assert!(
+        app.sim.wait_for(WAIT, |s| s.client_closed() == 1).await,
+        "the call was not dropped"
+    );
+    let (_, history) = app
+        .get("/api/v1/bots/b/messages?conversation=c1", &app.viewer)
+        .await;
     let until = std::time::Instant::now() + WAIT;
     let mut history = history;
     while history["messages"][0]["status"] != "cancelled" {
         assert!(std::time::Instant::now() < until, "{history}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-        history = app.get("/api/v1/bots/b/messages?conversation=c1", &app.viewer).await.1;
+        history = app
+            .get("/api/v1/bots/b/messages?conversation=c1", &app.viewer)
+            .await
+            .1;
     }
-    assert_eq!(history["messages"].as_array().unwrap().len(), 1, "no reply stored");
+    assert_eq!(
+        history["messages"].as_array().unwrap().len(),
+        1,
+        "no reply stored"
+    );
     // The slot is free again.
     gate.open();
     let (s, _) = app.send("b", "next").await;
@@ -243,19 +290,34 @@ async fn priority_zero_goes_first_and_fifo_within_a_priority() {
     app.running_bot("b", json!({"concurrency": 1})).await;
     let gate = app.sim.gate();
     gate.close();
-    let first = send_bg(&app, "b", json!({"content": "running", "conversation": "r"}));
+    let first = send_bg(
+        &app,
+        "b",
+        json!({"content": "running", "conversation": "r"}),
+    );
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let mut handles = Vec::new();
-    for (i, (text, prio)) in [("a", 2), ("b", 0), ("c", 2), ("d", 0), ("e", 3), ("f", 1)].iter().enumerate() {
-        handles.push(send_bg(&app, "b", json!({"content": text, "priority": prio, "conversation": format!("q{i}")})));
-        app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == i + 1).await;
+    for (i, (text, prio)) in [("a", 2), ("b", 0), ("c", 2), ("d", 0), ("e", 3), ("f", 1)]
+        .iter()
+        .enumerate()
+    {
+        handles.push(send_bg(
+            &app,
+            "b",
+            json!({"content": text, "priority": prio, "conversation": format!("q{i}")}),
+        ));
+        app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == i + 1)
+            .await;
     }
     gate.open();
     assert_eq!(first.await.unwrap().0, 200);
     for h in handles {
         assert_eq!(h.await.unwrap().0, 200);
     }
-    assert_eq!(last_user_contents(&app), vec!["running", "b", "d", "f", "a", "c", "e"]);
+    assert_eq!(
+        last_user_contents(&app),
+        vec!["running", "b", "d", "f", "a", "c", "e"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,18 +326,35 @@ async fn deadlines_answer_504_in_the_queue_without_a_model_call_and_during_one()
     app.running_bot("b", json!({"concurrency": 1})).await;
     let gate = app.sim.gate();
     gate.close();
-    let first = send_bg(&app, "b", json!({"content": "slow", "conversation": "a", "timeout_ms": 300}));
+    let first = send_bg(
+        &app,
+        "b",
+        json!({"content": "slow", "conversation": "a", "timeout_ms": 300}),
+    );
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let (s, body) = app
-        .post("/api/v1/bots/b/messages", &app.operator, json!({"content": "waits", "conversation": "b", "timeout_ms": 100}))
+        .post(
+            "/api/v1/bots/b/messages",
+            &app.operator,
+            json!({"content": "waits", "conversation": "b", "timeout_ms": 100}),
+        )
         .await;
     assert_eq!((s, code(&body)), (504, "deadline_exceeded"), "{body}");
     let (s, body) = first.await.unwrap();
     assert_eq!((s, code(&body)), (504, "deadline_exceeded"), "{body}");
-    assert!(app.sim.wait_for(WAIT, |s| s.client_closed() == 1).await, "the call was cancelled");
+    assert!(
+        app.sim.wait_for(WAIT, |s| s.client_closed() == 1).await,
+        "the call was cancelled"
+    );
     gate.open();
-    assert_eq!(last_user_contents(&app), vec!["slow"], "the queued one never reached the model");
-    let (_, history) = app.get("/api/v1/bots/b/messages?conversation=b", &app.viewer).await;
+    assert_eq!(
+        last_user_contents(&app),
+        vec!["slow"],
+        "the queued one never reached the model"
+    );
+    let (_, history) = app
+        .get("/api/v1/bots/b/messages?conversation=b", &app.viewer)
+        .await;
     assert_eq!(history["messages"][0]["status"], "failed");
     assert_eq!(history["messages"][0]["error"], "deadline_exceeded");
 }

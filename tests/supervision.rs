@@ -22,19 +22,31 @@ fn code(body: &Value) -> &str {
 }
 
 async fn kinds(app: &TestApp, bot: &str) -> Vec<(String, String)> {
-    let (_, events) = app.get(&format!("/api/v1/events?bot={bot}&limit=500"), &app.viewer).await;
+    let (_, events) = app
+        .get(&format!("/api/v1/events?bot={bot}&limit=500"), &app.viewer)
+        .await;
     let mut v: Vec<(String, String)> = events["events"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["kind"].as_str().unwrap().to_owned(), e["subject"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["subject"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     v.reverse();
     v
 }
 
 /// Sends in the background; the handle gives (status, body).
-fn send_bg(app: &TestApp, bot: &str, content: &str, conversation: &str) -> tokio::task::JoinHandle<(u16, Value)> {
+fn send_bg(
+    app: &TestApp,
+    bot: &str,
+    content: &str,
+    conversation: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
     let (http, url, token) = (
         app.http.clone(),
         app.url(&format!("/api/v1/bots/{bot}/messages")),
@@ -42,7 +54,13 @@ fn send_bg(app: &TestApp, bot: &str, content: &str, conversation: &str) -> tokio
     );
     let body = json!({"content": content, "conversation": conversation});
     tokio::spawn(async move {
-        let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+        let r = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         support::status_json(r).await
     })
 }
@@ -58,7 +76,10 @@ async fn a_panic_is_answered_500_and_the_bot_is_restarted() {
     let bot = app
         .wait_for_bot("b", WAIT, |b| b["state"] == "running" && b["restarts"] == 1)
         .await;
-    assert!(bot["last_error"].as_str().unwrap().contains("panic"), "{bot}");
+    assert!(
+        bot["last_error"].as_str().unwrap().contains("panic"),
+        "{bot}"
+    );
     let (s, _) = app.send("b", "still there?").await;
     assert_eq!(s, 200);
     let (s, _) = app.send("other", "untouched").await;
@@ -84,22 +105,30 @@ async fn a_panic_is_answered_500_and_the_bot_is_restarted() {
 async fn an_unexpected_stop_is_a_crash_and_a_normal_exit_follows_the_policy() {
     let app = spawn_app().await;
     app.running_bot("perm", json!({})).await;
-    app.running_bot("trans", json!({"restart": "transient"})).await;
-    app.running_bot("temp", json!({"restart": "temporary"})).await;
+    app.running_bot("trans", json!({"restart": "transient"}))
+        .await;
+    app.running_bot("temp", json!({"restart": "temporary"}))
+        .await;
 
     let (s, body) = app.send("perm", STOP).await;
     assert_eq!((s, code(&body)), (500, "internal"));
-    app.wait_for_bot("perm", WAIT, |b| b["state"] == "running" && b["restarts"] == 1)
-        .await;
+    app.wait_for_bot("perm", WAIT, |b| {
+        b["state"] == "running" && b["restarts"] == 1
+    })
+    .await;
     // A permanent bot restarts after a normal exit too.
     app.send("perm", EXIT).await;
-    app.wait_for_bot("perm", WAIT, |b| b["state"] == "running" && b["restarts"] == 2)
-        .await;
+    app.wait_for_bot("perm", WAIT, |b| {
+        b["state"] == "running" && b["restarts"] == 2
+    })
+    .await;
 
     // A transient bot restarts after a crash, and stays stopped after a normal exit.
     app.send("trans", STOP).await;
-    app.wait_for_bot("trans", WAIT, |b| b["state"] == "running" && b["restarts"] == 1)
-        .await;
+    app.wait_for_bot("trans", WAIT, |b| {
+        b["state"] == "running" && b["restarts"] == 1
+    })
+    .await;
     app.send("trans", EXIT).await;
     let bot = app
         .wait_for_bot("trans", WAIT, |b| b["state"] == "stopped")
@@ -108,7 +137,9 @@ async fn an_unexpected_stop_is_a_crash_and_a_normal_exit_follows_the_policy() {
 
     // A temporary bot never restarts: stopped, with its error.
     app.send("temp", PANIC).await;
-    let bot = app.wait_for_bot("temp", WAIT, |b| b["state"] == "stopped").await;
+    let bot = app
+        .wait_for_bot("temp", WAIT, |b| b["state"] == "stopped")
+        .await;
     assert_eq!(bot["desired_state"], "stopped");
     assert!(bot["last_error"].as_str().unwrap().contains("panic"));
     assert_eq!(bot["restarts"], 0);
@@ -129,19 +160,31 @@ async fn the_restart_limit_marks_a_bot_failed_until_an_operator_starts_it() {
             .await;
     }
     app.send("b", PANIC).await;
-    let bot = app.wait_for_bot("b", WAIT, |b| b["state"] == "failed").await;
+    let bot = app
+        .wait_for_bot("b", WAIT, |b| b["state"] == "failed")
+        .await;
     assert_eq!(bot["desired_state"], "running");
-    assert!(bot["last_error"].as_str().unwrap().contains("restarted 2 times"), "{bot}");
+    assert!(
+        bot["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("restarted 2 times"),
+        "{bot}"
+    );
     let (s, body) = app.send("b", "hi").await;
     assert_eq!((s, code(&body)), (409, "bot_not_running"));
-    assert!(kinds(&app, "b").await.contains(&("failed".into(), "supervisor".into())));
+    assert!(kinds(&app, "b")
+        .await
+        .contains(&("failed".into(), "supervisor".into())));
 
     // Failed stays failed across a daemon restart.
     app.restart();
     let (_, bot) = app.get("/api/v1/bots/b", &app.viewer).await;
     assert_eq!(bot["state"], "failed", "{bot}");
 
-    let (s, bot) = app.post("/api/v1/bots/b/start", &app.operator, json!({})).await;
+    let (s, bot) = app
+        .post("/api/v1/bots/b/start", &app.operator, json!({}))
+        .await;
     assert_eq!(s, 200, "{bot}");
     assert_eq!(bot["state"], "running");
     assert_eq!(bot["restarts"], 0);
@@ -160,11 +203,13 @@ async fn messages_queued_behind_a_crash_are_answered_after_the_restart() {
     let first = send_bg(&app, "b", "first", "c0");
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let crash = send_bg(&app, "b", PANIC, "c1");
-    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1).await;
+    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1)
+        .await;
     let queued: Vec<_> = (0..3)
         .map(|i| send_bg(&app, "b", &format!("queued {i}"), &format!("q{i}")))
         .collect();
-    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 4).await;
+    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 4)
+        .await;
     gate.open();
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(crash.await.unwrap().0, 500);
@@ -186,11 +231,13 @@ async fn messages_queued_behind_a_crash_that_fails_the_bot_get_503() {
     let first = send_bg(&app, "b", "first", "c0");
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let crash = send_bg(&app, "b", PANIC, "c1");
-    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1).await;
+    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1)
+        .await;
     let queued: Vec<_> = (0..3)
         .map(|i| send_bg(&app, "b", &format!("queued {i}"), &format!("q{i}")))
         .collect();
-    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 4).await;
+    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 4)
+        .await;
     gate.open();
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(crash.await.unwrap().0, 500);
@@ -198,7 +245,8 @@ async fn messages_queued_behind_a_crash_that_fails_the_bot_get_503() {
         let (s, body) = q.await.unwrap();
         assert_eq!((s, code(&body)), (503, "shutting_down"), "{body}");
     }
-    app.wait_for_bot("b", WAIT, |b| b["state"] == "failed").await;
+    app.wait_for_bot("b", WAIT, |b| b["state"] == "failed")
+        .await;
     // Nothing was left pending: every queued message is in the history as failed.
     let (_, history) = app.get("/api/v1/bots/b/messages", &app.viewer).await;
     assert!(history["messages"]
@@ -221,11 +269,21 @@ async fn fifty_bots_keep_answering_while_one_crash_loops() {
         app.running_bot(&format!("b{i}"), json!({})).await;
     }
     let looping = tokio::spawn({
-        let (http, url, token) = (app.http.clone(), app.url("/api/v1/bots/b0/messages"), app.operator.clone());
+        let (http, url, token) = (
+            app.http.clone(),
+            app.url("/api/v1/bots/b0/messages"),
+            app.operator.clone(),
+        );
         async move {
             let mut crashes = 0;
             for _ in 0..30 {
-                let r = http.post(&url).bearer_auth(&token).json(&json!({"content": PANIC})).send().await.unwrap();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"content": PANIC}))
+                    .send()
+                    .await
+                    .unwrap();
                 if r.status() == 500 {
                     crashes += 1;
                 }
@@ -236,7 +294,12 @@ async fn fifty_bots_keep_answering_while_one_crash_loops() {
     for round in 0..3 {
         let mut handles = Vec::new();
         for i in 1..50 {
-            handles.push(send_bg(&app, &format!("b{i}"), &format!("round {round}"), "c"));
+            handles.push(send_bg(
+                &app,
+                &format!("b{i}"),
+                &format!("round {round}"),
+                "c",
+            ));
         }
         for h in handles {
             let (s, body) = h.await.unwrap();
@@ -260,15 +323,27 @@ async fn stopping_answers_queued_messages_within_the_deadline_and_refuses_new_on
     let running = send_bg(&app, "b", "running", "c0");
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let queued = send_bg(&app, "b", "queued", "c1");
-    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1).await;
+    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1)
+        .await;
     let stop = tokio::spawn({
-        let (http, url, token) = (app.http.clone(), app.url("/api/v1/bots/b/stop"), app.operator.clone());
+        let (http, url, token) = (
+            app.http.clone(),
+            app.url("/api/v1/bots/b/stop"),
+            app.operator.clone(),
+        );
         async move {
-            let r = http.post(url).bearer_auth(token).json(&json!({"timeout_ms": 60000})).send().await.unwrap();
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"timeout_ms": 60000}))
+                .send()
+                .await
+                .unwrap();
             support::status_json(r).await
         }
     });
-    app.wait_for_bot("b", WAIT, |b| b["state"] == "stopping").await;
+    app.wait_for_bot("b", WAIT, |b| b["state"] == "stopping")
+        .await;
     let (s, body) = app.send("b", "too late").await;
     assert_eq!((s, code(&body)), (503, "shutting_down"));
     gate.open();
@@ -287,8 +362,15 @@ async fn a_stop_deadline_answers_what_is_left_503() {
     let running = send_bg(&app, "b", "running", "c0");
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let queued = send_bg(&app, "b", "queued", "c1");
-    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1).await;
-    let (s, bot) = app.post("/api/v1/bots/b/stop", &app.operator, json!({"timeout_ms": 50})).await;
+    app.wait_for_bot("b", WAIT, |b| b["mailbox_depth"] == 1)
+        .await;
+    let (s, bot) = app
+        .post(
+            "/api/v1/bots/b/stop",
+            &app.operator,
+            json!({"timeout_ms": 50}),
+        )
+        .await;
     assert_eq!((s, bot["state"].as_str()), (200, Some("stopped")), "{bot}");
     let (s, body) = running.await.unwrap();
     assert_eq!((s, code(&body)), (503, "shutting_down"), "{body}");
@@ -304,7 +386,12 @@ async fn a_stop_deadline_answers_what_is_left_503() {
 async fn without_the_feature_the_fault_strings_are_ordinary_messages() {
     let app = spawn_app().await;
     app.running_bot("b", json!({})).await;
-    for s in [PANIC, "__botd_fault:stop__", "__botd_fault:exit__", "__botd_fault:hang_registry__"] {
+    for s in [
+        PANIC,
+        "__botd_fault:stop__",
+        "__botd_fault:exit__",
+        "__botd_fault:hang_registry__",
+    ] {
         let (status, body) = app.send("b", s).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["reply"]["content"], format!("echo: {s}"));

@@ -256,7 +256,10 @@ pub enum EngineError {
         retry_after_secs: u64,
     },
     #[error("the model server has {queued} calls waiting already")]
-    LlmOverloaded { queued: usize, retry_after_secs: u64 },
+    LlmOverloaded {
+        queued: usize,
+        retry_after_secs: u64,
+    },
     #[error("the model server cannot be reached: {0}")]
     LlmUnavailable(String),
     #[error("the model server answered with an error: {0}")]

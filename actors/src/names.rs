@@ -32,7 +32,8 @@ fn check_slug(kind: &str, s: &str, max: usize) -> Result<(), NameError> {
 fn check_charset(kind: &str, s: &str, max: usize, extra: &[u8]) -> Result<(), NameError> {
     let ok = !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
     if ok {
         Ok(())
     } else {

@@ -279,7 +279,8 @@ mod tests {
 
     fn push(q: &BotQueue, conversation: &str, priority: u8) -> Result<u64, EngineError> {
         let (tx, _rx) = oneshot::channel();
-        q.push(msg(conversation, priority), tx, "b").map_err(|(e, _)| e)
+        q.push(msg(conversation, priority), tx, "b")
+            .map_err(|(e, _)| e)
     }
 
     #[test]
@@ -343,7 +344,13 @@ mod tests {
         assert!(q.take_next().is_some());
         assert!(q.take_next().is_some());
         assert!(q.take_next().is_none());
-        assert_eq!(q.load(), QueueLoad { waiting: 1, running: 2 });
+        assert_eq!(
+            q.load(),
+            QueueLoad {
+                waiting: 1,
+                running: 2
+            }
+        );
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub struct Registry {
 }
 
 fn spec_from_row(row: &BotRow) -> Result<BotSpec, EngineError> {
-    let bad = |what: &str| EngineError::Internal(format!("bot '{}' in the database: {what}", row.name));
+    let bad =
+        |what: &str| EngineError::Internal(format!("bot '{}' in the database: {what}", row.name));
     Ok(BotSpec {
         name: BotName::parse(&row.name).map_err(|_| bad("bad name"))?,
         model: ModelName::parse(&row.model).map_err(|_| bad("bad model"))?,
@@ -196,7 +197,9 @@ impl Registry {
             queue: entry.queue.clone(),
             store: self.store.clone(),
             llm: self.llm.clone(),
-            log: self.log.new(o!("bot" => entry.spec.name.as_str().to_owned())),
+            log: self
+                .log
+                .new(o!("bot" => entry.spec.name.as_str().to_owned())),
         });
         let generation = entry.generation;
         let arbiter = &self.arbiters[entry.arbiter % self.arbiters.len()];
@@ -296,9 +299,8 @@ impl Registry {
             }
             entry.desired = DesiredState::Stopped;
             let n = name.as_str().to_owned();
-            self.store.write_detached(move |c| {
-                queries::set_desired_state(c, &n, "stopped", now_ms())
-            });
+            self.store
+                .write_detached(move |c| queries::set_desired_state(c, &n, "stopped", now_ms()));
             self.event(&name, "stopped", SUPERVISOR, serde_json::json!({}));
             self.drain_queue(&name, "stopped");
             self.answer_waiters(&name);
@@ -327,14 +329,19 @@ impl Registry {
             let (n, r) = (name.as_str().to_owned(), reason.clone());
             self.store
                 .write_detached(move |c| queries::set_failed(c, &n, Some(&r), now_ms()));
-            self.event(&name, "failed", SUPERVISOR, serde_json::json!({ "reason": reason }));
+            self.event(
+                &name,
+                "failed",
+                SUPERVISOR,
+                serde_json::json!({ "reason": reason }),
+            );
             self.drain_queue(&name, "failed");
             self.answer_waiters(&name);
             return;
         }
-        let healthy = entry
-            .running_since
-            .is_some_and(|t| now.duration_since(t) >= Duration::from_secs(settings.backoff_reset_secs));
+        let healthy = entry.running_since.is_some_and(|t| {
+            now.duration_since(t) >= Duration::from_secs(settings.backoff_reset_secs)
+        });
         if healthy {
             entry.backoff_step = 0;
         }
@@ -362,7 +369,12 @@ impl Registry {
             entry.restarts += 1;
             let restarts = entry.restarts;
             act.spawn_bot(&name, ctx);
-            act.event(&name, "restarted", SUPERVISOR, serde_json::json!({ "restarts": restarts }));
+            act.event(
+                &name,
+                "restarted",
+                SUPERVISOR,
+                serde_json::json!({ "restarts": restarts }),
+            );
             act.answer_waiters(&name);
         });
     }
@@ -392,7 +404,10 @@ impl Registry {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 res?;
-                let entry = act.bots.get_mut(&name).ok_or_else(|| Self::not_found(&name))?;
+                let entry = act
+                    .bots
+                    .get_mut(&name)
+                    .ok_or_else(|| Self::not_found(&name))?;
                 entry.desired = DesiredState::Running;
                 entry.last_error = None;
                 entry.restarts = 0;
@@ -655,16 +670,23 @@ impl Handler<UpdateBot> for Registry {
         let name = msg.name;
         let subject = msg.subject;
         AtomicResponse::new(Box::pin(
-            async move { store.write_ordered(move |c| queries::update_bot(c, &row)).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    res?;
-                    let entry = act.bots.get_mut(&name).ok_or_else(|| Self::not_found(&name))?;
-                    entry.spec = spec;
-                    entry.updated_at = now;
-                    act.event(&name, "updated", &subject, serde_json::json!({}));
-                    Ok(act.bots[&name].info())
-                }),
+            async move {
+                store
+                    .write_ordered(move |c| queries::update_bot(c, &row))
+                    .await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                res?;
+                let entry = act
+                    .bots
+                    .get_mut(&name)
+                    .ok_or_else(|| Self::not_found(&name))?;
+                entry.spec = spec;
+                entry.updated_at = now;
+                act.event(&name, "updated", &subject, serde_json::json!({}));
+                Ok(act.bots[&name].info())
+            }),
         ))
     }
 }
@@ -714,10 +736,8 @@ pub struct StopBot {
 }
 
 impl Handler<StopBot> for Registry {
-    type Result = AtomicResponse<
-        Self,
-        Result<oneshot::Receiver<Result<BotInfo, EngineError>>, EngineError>,
-    >;
+    type Result =
+        AtomicResponse<Self, Result<oneshot::Receiver<Result<BotInfo, EngineError>>, EngineError>>;
 
     fn handle(&mut self, msg: StopBot, _: &mut Self::Context) -> Self::Result {
         let ready = |r| AtomicResponse::new(Box::pin(fut::ready(r)));
@@ -1087,7 +1107,9 @@ pub struct RegistryHandle {
 }
 
 fn gone<T>(_: MailboxError) -> Result<T, EngineError> {
-    Err(EngineError::Internal("the registry is not answering".into()))
+    Err(EngineError::Internal(
+        "the registry is not answering".into(),
+    ))
 }
 
 impl RegistryHandle {
@@ -1139,7 +1161,12 @@ impl RegistryHandle {
             .or_else(gone)?
     }
 
-    pub async fn delete(&self, name: BotName, purge: bool, subject: Subject) -> Result<(), EngineError> {
+    pub async fn delete(
+        &self,
+        name: BotName,
+        purge: bool,
+        subject: Subject,
+    ) -> Result<(), EngineError> {
         self.addr
             .send(DeleteBot {
                 name,
@@ -1151,7 +1178,10 @@ impl RegistryHandle {
     }
 
     pub async fn start(&self, name: BotName, subject: Subject) -> Result<BotInfo, EngineError> {
-        self.addr.send(StartBot { name, subject }).await.or_else(gone)?
+        self.addr
+            .send(StartBot { name, subject })
+            .await
+            .or_else(gone)?
     }
 
     pub async fn stop(

@@ -88,15 +88,28 @@ impl LlmSettings {
         if !(self.ollama_url.starts_with("http://") || self.ollama_url.starts_with("https://")) {
             return Err(InvalidSetting::new(
                 "llm.ollama_url",
-                format!("must be an http:// or https:// URL, got {:?}", self.ollama_url),
+                format!(
+                    "must be an http:// or https:// URL, got {:?}",
+                    self.ollama_url
+                ),
             ));
         }
         crate::names::ModelName::parse(&self.default_model)
             .map_err(|e| InvalidSetting::new("llm.default_model", e.to_string()))?;
         check_range("llm.max_concurrent", self.max_concurrent, 1, 4096)?;
         check_range("llm.max_queue", self.max_queue, 0, 1_000_000)?;
-        check_range("llm.connect_timeout_ms", self.connect_timeout_ms, 1, 600_000)?;
-        check_range("llm.request_timeout_secs", self.request_timeout_secs, 1, 86_400)?;
+        check_range(
+            "llm.connect_timeout_ms",
+            self.connect_timeout_ms,
+            1,
+            600_000,
+        )?;
+        check_range(
+            "llm.request_timeout_secs",
+            self.request_timeout_secs,
+            1,
+            86_400,
+        )?;
         check_range("llm.retries", self.retries, 0, 20)?;
         check_range("llm.breaker_failures", self.breaker_failures, 1, 10_000)?;
         check_range("llm.breaker_open_secs", self.breaker_open_secs, 1, 3600)?;
@@ -139,8 +152,18 @@ impl Default for BotDefaults {
 
 impl BotDefaults {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check_range("bots.default_timeout_ms", self.default_timeout_ms, 1, 3_600_000)?;
-        check_range("bots.default_concurrency", self.default_concurrency, 1, 1024)?;
+        check_range(
+            "bots.default_timeout_ms",
+            self.default_timeout_ms,
+            1,
+            3_600_000,
+        )?;
+        check_range(
+            "bots.default_concurrency",
+            self.default_concurrency,
+            1,
+            1024,
+        )?;
         check_range(
             "bots.default_mailbox_capacity",
             self.default_mailbox_capacity,
@@ -178,8 +201,18 @@ impl Default for PoolSettings {
 
 impl PoolSettings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check_range("pools.scale_cooldown_secs", self.scale_cooldown_secs, 0, 86_400)?;
-        check_range("pools.check_interval_ms", self.check_interval_ms, 10, 3_600_000)?;
+        check_range(
+            "pools.scale_cooldown_secs",
+            self.scale_cooldown_secs,
+            0,
+            86_400,
+        )?;
+        check_range(
+            "pools.check_interval_ms",
+            self.check_interval_ms,
+            10,
+            3_600_000,
+        )?;
         Ok(())
     }
 }
@@ -273,7 +306,12 @@ impl Default for Limits {
 
 impl Limits {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        check_range("limits.max_content_bytes", self.max_content_bytes, 1, 16 << 20)?;
+        check_range(
+            "limits.max_content_bytes",
+            self.max_content_bytes,
+            1,
+            16 << 20,
+        )?;
         check_range(
             "limits.max_system_prompt_bytes",
             self.max_system_prompt_bytes,

@@ -34,7 +34,14 @@ async fn engine() -> Engine {
     .unwrap();
     let arbiters = vec![Arbiter::new().handle(), Arbiter::new().handle()];
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let registry = Registry::new(store.clone(), llm, SupervisorSettings::default(), arbiters, log).start();
+    let registry = Registry::new(
+        store.clone(),
+        llm,
+        SupervisorSettings::default(),
+        arbiters,
+        log,
+    )
+    .start();
     Engine {
         registry: RegistryHandle::new(registry),
         store,
@@ -84,12 +91,28 @@ async fn the_registry_creates_starts_routes_and_stops_a_bot() {
         .await
         .unwrap();
     assert_eq!(info.state, BotState::Stopped);
-    let err = e.registry.send(inbound("b", "hi", "c")).await.err().unwrap();
+    let err = e
+        .registry
+        .send(inbound("b", "hi", "c"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.code(), "bot_not_running");
-    let info = e.registry.start(BotName::parse("b").unwrap(), "test".into()).await.unwrap();
+    let info = e
+        .registry
+        .start(BotName::parse("b").unwrap(), "test".into())
+        .await
+        .unwrap();
     assert_eq!(info.state, BotState::Running);
 
-    let answer = e.registry.send(inbound("b", "hello", "c")).await.unwrap().wait().await.unwrap();
+    let answer = e
+        .registry
+        .send(inbound("b", "hello", "c"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(answer.reply, "echo: hello");
     let rows = e
         .store
@@ -130,15 +153,30 @@ async fn a_bot_runs_up_to_concurrency_but_never_two_turns_of_one_conversation() 
     let gate = e.sim.gate();
     gate.close();
     let mut tickets = Vec::new();
-    for (text, conv) in [("a1", "a"), ("a2", "a"), ("b1", "b"), ("c1", "c"), ("d1", "d")] {
+    for (text, conv) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("b1", "b"),
+        ("c1", "c"),
+        ("d1", "d"),
+    ] {
         tickets.push(e.registry.send(inbound("b", text, conv)).await.unwrap());
     }
-    assert!(e.sim.wait_for(Duration::from_secs(10), |s| s.in_flight() == 3).await);
+    assert!(
+        e.sim
+            .wait_for(Duration::from_secs(10), |s| s.in_flight() == 3)
+            .await
+    );
     let mut seen: Vec<String> = e
         .sim
         .chat_requests()
         .iter()
-        .map(|r| r["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned())
+        .map(|r| {
+            r["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     // a2 waits for a1; the next free conversations fill the other two slots (they run
     // at once, so their arrival order is not fixed).
@@ -149,7 +187,10 @@ async fn a_bot_runs_up_to_concurrency_but_never_two_turns_of_one_conversation() 
     for t in tickets {
         replies.push(t.wait().await.unwrap().reply);
     }
-    assert_eq!(replies, vec!["echo: a1", "echo: a2", "echo: b1", "echo: c1", "echo: d1"]);
+    assert_eq!(
+        replies,
+        vec!["echo: a1", "echo: a2", "echo: b1", "echo: c1", "echo: d1"]
+    );
     assert!(e.sim.peak_in_flight() <= 3);
     // a2's context holds a1's complete exchange.
     let a2 = e
@@ -158,7 +199,12 @@ async fn a_bot_runs_up_to_concurrency_but_never_two_turns_of_one_conversation() 
         .into_iter()
         .find(|r| r["messages"].as_array().unwrap().last().unwrap()["content"] == "a2")
         .unwrap();
-    let contents: Vec<&str> = a2["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    let contents: Vec<&str> = a2["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
     assert_eq!(contents, vec!["Be kind.", "a1", "echo: a1", "a2"]);
 }
 
@@ -177,7 +223,11 @@ async fn a_dropped_ticket_withdraws_its_waiting_message_as_cancelled() {
     let gate = e.sim.gate();
     gate.close();
     let first = e.registry.send(inbound("b", "first", "a")).await.unwrap();
-    assert!(e.sim.wait_for(Duration::from_secs(10), |s| s.in_flight() == 1).await);
+    assert!(
+        e.sim
+            .wait_for(Duration::from_secs(10), |s| s.in_flight() == 1)
+            .await
+    );
     let second = e.registry.send(inbound("b", "second", "b")).await.unwrap();
     drop(second);
     gate.open();
@@ -189,6 +239,13 @@ async fn a_dropped_ticket_withdraws_its_waiting_message_as_cancelled() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].content.as_str(), rows[0].status.as_str()), ("second", "cancelled"));
-    assert_eq!(e.sim.chat_requests().len(), 1, "the withdrawn message never reached the model");
+    assert_eq!(
+        (rows[0].content.as_str(), rows[0].status.as_str()),
+        ("second", "cancelled")
+    );
+    assert_eq!(
+        e.sim.chat_requests().len(),
+        1,
+        "the withdrawn message never reached the model"
+    );
 }

@@ -57,7 +57,13 @@ fn exchange(c: &mut DbConn, bot: &str, conversation: &str, text: &str) -> (i64, 
     let reply = queries::complete_exchange(
         c,
         id,
-        &msg(bot, conversation, "assistant", &format!("re: {text}"), "complete"),
+        &msg(
+            bot,
+            conversation,
+            "assistant",
+            &format!("re: {text}"),
+            "complete",
+        ),
     )
     .unwrap();
     (id, reply)
@@ -81,11 +87,19 @@ fn bots_are_inserted_read_updated_and_deleted() {
     each_backend(|db, c| {
         queries::insert_bot(c, &bot("b")).unwrap();
         queries::insert_bot(c, &bot("a")).unwrap();
-        assert!(matches!(
-            queries::insert_bot(c, &bot("b")),
-            Err(StoreError::Conflict(_))
-        ), "{}", db.backend());
-        let names: Vec<String> = queries::list_bots(c).unwrap().into_iter().map(|b| b.name).collect();
+        assert!(
+            matches!(
+                queries::insert_bot(c, &bot("b")),
+                Err(StoreError::Conflict(_))
+            ),
+            "{}",
+            db.backend()
+        );
+        let names: Vec<String> = queries::list_bots(c)
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
         assert_eq!(names, vec!["a", "b"]);
         assert_eq!(queries::get_bot(c, "b").unwrap().unwrap(), bot("b"));
         assert!(queries::get_bot(c, "zzz").unwrap().is_none());
@@ -96,7 +110,10 @@ fn bots_are_inserted_read_updated_and_deleted() {
         changed.updated_at = 2000;
         queries::update_bot(c, &changed).unwrap();
         assert_eq!(queries::get_bot(c, "b").unwrap().unwrap(), changed);
-        assert_eq!(queries::update_bot(c, &bot("zzz")), Err(StoreError::NotFound));
+        assert_eq!(
+            queries::update_bot(c, &bot("zzz")),
+            Err(StoreError::NotFound)
+        );
 
         queries::set_desired_state(c, "b", "running", 3000).unwrap();
         queries::set_failed(c, "b", Some("too many restarts"), 3001).unwrap();
@@ -104,7 +121,11 @@ fn bots_are_inserted_read_updated_and_deleted() {
         assert_eq!(row.desired_state, "running");
         assert_eq!(row.failed_reason.as_deref(), Some("too many restarts"));
         queries::set_failed(c, "b", None, 3002).unwrap();
-        assert!(queries::get_bot(c, "b").unwrap().unwrap().failed_reason.is_none());
+        assert!(queries::get_bot(c, "b")
+            .unwrap()
+            .unwrap()
+            .failed_reason
+            .is_none());
         assert_eq!(
             queries::set_desired_state(c, "zzz", "running", 1),
             Err(StoreError::NotFound)
@@ -115,10 +136,15 @@ fn bots_are_inserted_read_updated_and_deleted() {
         assert!(!queries::delete_bot(c, "b", false).unwrap());
         // History outlives the bot unless purged.
         let scope = MessageScope::Bot("b".into());
-        assert_eq!(queries::history(c, &scope, None, None, 10).unwrap().len(), 2);
+        assert_eq!(
+            queries::history(c, &scope, None, None, 10).unwrap().len(),
+            2
+        );
         queries::insert_bot(c, &bot("b")).unwrap();
         assert!(queries::delete_bot(c, "b", true).unwrap());
-        assert!(queries::history(c, &scope, None, None, 10).unwrap().is_empty());
+        assert!(queries::history(c, &scope, None, None, 10)
+            .unwrap()
+            .is_empty());
     });
 }
 
@@ -150,9 +176,13 @@ fn an_exchange_completes_atomically_and_history_pages_by_id() {
         assert_eq!(last.len(), 2);
 
         // Completing a message that does not exist stores no reply.
-        let missing = queries::complete_exchange(c, 999_999, &msg("b", "c1", "assistant", "x", "complete"));
+        let missing =
+            queries::complete_exchange(c, 999_999, &msg("b", "c1", "assistant", "x", "complete"));
         assert_eq!(missing, Err(StoreError::NotFound));
-        assert_eq!(queries::history(c, &scope, None, None, 100).unwrap().len(), 10);
+        assert_eq!(
+            queries::history(c, &scope, None, None, 100).unwrap().len(),
+            10
+        );
     });
 }
 
@@ -160,9 +190,11 @@ fn an_exchange_completes_atomically_and_history_pages_by_id() {
 fn context_holds_only_complete_turns_of_that_conversation_oldest_first() {
     each_backend(|db, c| {
         exchange(c, "b", "c1", "one");
-        let failed = queries::insert_message(c, &msg("b", "c1", "user", "lost", "pending")).unwrap();
+        let failed =
+            queries::insert_message(c, &msg("b", "c1", "user", "lost", "pending")).unwrap();
         queries::set_message_status(c, failed, "failed", Some("llm_error")).unwrap();
-        let cancelled = queries::insert_message(c, &msg("b", "c1", "user", "gone", "pending")).unwrap();
+        let cancelled =
+            queries::insert_message(c, &msg("b", "c1", "user", "gone", "pending")).unwrap();
         queries::set_message_status(c, cancelled, "cancelled", Some("cancelled")).unwrap();
         exchange(c, "b", "c2", "elsewhere");
         exchange(c, "other", "c1", "other bot");
@@ -181,7 +213,12 @@ fn context_holds_only_complete_turns_of_that_conversation_oldest_first() {
             .into_iter()
             .map(|m| m.content)
             .collect();
-        assert_eq!(ctx, vec!["one", "re: one", "two", "re: two"], "{}", db.backend());
+        assert_eq!(
+            ctx,
+            vec!["one", "re: one", "two", "re: two"],
+            "{}",
+            db.backend()
+        );
         let ctx: Vec<String> = queries::context(c, &scope, "c1", 3)
             .unwrap()
             .into_iter()
@@ -194,10 +231,13 @@ fn context_holds_only_complete_turns_of_that_conversation_oldest_first() {
             .map(|m| m.content)
             .collect();
         assert_eq!(pool_ctx, vec!["pooled", "re: pooled"]);
-        let pool_history = queries::history(c, &MessageScope::Pool("p".into()), Some("c1"), None, 10).unwrap();
+        let pool_history =
+            queries::history(c, &MessageScope::Pool("p".into()), Some("c1"), None, 10).unwrap();
         assert_eq!(pool_history.len(), 2);
         assert!(queries::last_message_id(c, &scope, "c1").unwrap().is_some());
-        assert!(queries::last_message_id(c, &scope, "nope").unwrap().is_none());
+        assert!(queries::last_message_id(c, &scope, "nope")
+            .unwrap()
+            .is_none());
         let only_c2 = queries::history(c, &scope, Some("c2"), None, 10).unwrap();
         assert_eq!(only_c2.len(), 2);
     });
@@ -208,11 +248,19 @@ fn pending_messages_fail_at_start_and_old_messages_go_in_batches() {
     each_backend(|db, c| {
         queries::insert_message(c, &msg("b", "c", "user", "left behind", "pending")).unwrap();
         exchange(c, "b", "c", "done");
-        assert_eq!(queries::fail_pending(c, "internal").unwrap(), 1, "{}", db.backend());
+        assert_eq!(
+            queries::fail_pending(c, "internal").unwrap(),
+            1,
+            "{}",
+            db.backend()
+        );
         let scope = MessageScope::Bot("b".into());
         let rows = queries::history(c, &scope, None, None, 10).unwrap();
         let left = rows.iter().find(|m| m.content == "left behind").unwrap();
-        assert_eq!((left.status.as_str(), left.error.as_deref()), ("failed", Some("internal")));
+        assert_eq!(
+            (left.status.as_str(), left.error.as_deref()),
+            ("failed", Some("internal"))
+        );
 
         for i in 0..5 {
             let mut old = msg("b", "old", "user", &format!("old {i}"), "complete");
@@ -223,7 +271,10 @@ fn pending_messages_fail_at_start_and_old_messages_go_in_batches() {
         assert_eq!(queries::delete_messages_older_than(c, 1000, 2).unwrap(), 2);
         assert_eq!(queries::delete_messages_older_than(c, 1000, 2).unwrap(), 1);
         assert_eq!(queries::delete_messages_older_than(c, 1000, 2).unwrap(), 0);
-        assert_eq!(queries::history(c, &scope, None, None, 100).unwrap().len(), 3);
+        assert_eq!(
+            queries::history(c, &scope, None, None, 100).unwrap().len(),
+            3
+        );
     });
 }
 
@@ -251,9 +302,22 @@ fn events_filter_newest_first() {
             .map(|e| e.kind)
             .collect();
         assert_eq!(a, vec!["started", "created"]);
-        assert_eq!(queries::list_events(c, None, Some("p"), None, 10).unwrap().len(), 2);
-        assert_eq!(queries::list_events(c, None, None, Some("created"), 10).unwrap().len(), 2);
-        assert_eq!(queries::list_events(c, None, None, None, 1).unwrap()[0].kind, "scaled_up");
+        assert_eq!(
+            queries::list_events(c, None, Some("p"), None, 10)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            queries::list_events(c, None, None, Some("created"), 10)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            queries::list_events(c, None, None, None, 1).unwrap()[0].kind,
+            "scaled_up"
+        );
     });
 }
 
@@ -268,11 +332,21 @@ fn users_and_pools_round_trip() {
             updated_at: 1,
         };
         queries::insert_user(c, &u).unwrap();
-        assert!(matches!(queries::insert_user(c, &u), Err(StoreError::Conflict(_))), "{}", db.backend());
+        assert!(
+            matches!(queries::insert_user(c, &u), Err(StoreError::Conflict(_))),
+            "{}",
+            db.backend()
+        );
         queries::update_user(c, "ann", None, Some("admin"), 2).unwrap();
         let got = queries::get_user(c, "ann").unwrap().unwrap();
-        assert_eq!((got.role.as_str(), got.password_hash.as_str()), ("admin", "$argon2id$x"));
-        assert_eq!(queries::update_user(c, "bob", None, Some("admin"), 2), Err(StoreError::NotFound));
+        assert_eq!(
+            (got.role.as_str(), got.password_hash.as_str()),
+            ("admin", "$argon2id$x")
+        );
+        assert_eq!(
+            queries::update_user(c, "bob", None, Some("admin"), 2),
+            Err(StoreError::NotFound)
+        );
         assert_eq!(queries::list_users(c).unwrap().len(), 1);
         assert!(queries::delete_user(c, "ann").unwrap());
         assert!(!queries::delete_user(c, "ann").unwrap());
@@ -301,10 +375,14 @@ fn users_and_pools_round_trip() {
 #[test]
 fn connecting_fails_fast_and_clearly() {
     let started = Instant::now();
-    let e = Db::connect("postgres://postgres@127.0.0.1:1/none", 2, "normal").err().unwrap();
+    let e = Db::connect("postgres://postgres@127.0.0.1:1/none", 2, "normal")
+        .err()
+        .unwrap();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let e = Db::connect("sqlite:///no/such/dir/botd.db", 2, "normal").err().unwrap();
+    let e = Db::connect("sqlite:///no/such/dir/botd.db", 2, "normal")
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert!(Db::connect("mysql://x", 2, "normal").is_err());
     assert!(Db::connect("sqlite://x.db", 2, "off").is_err());
@@ -320,8 +398,17 @@ async fn the_store_actor_reads_and_writes_and_sqlite_serialises_concurrent_write
             let store = store.clone();
             tasks.push(actix::spawn(async move {
                 for i in 0..100 {
-                    let m = msg("b", &format!("c{t}"), "user", &format!("{t}-{i}"), "complete");
-                    store.write(move |c| queries::insert_message(c, &m)).await.unwrap();
+                    let m = msg(
+                        "b",
+                        &format!("c{t}"),
+                        "user",
+                        &format!("{t}-{i}"),
+                        "complete",
+                    );
+                    store
+                        .write(move |c| queries::insert_message(c, &m))
+                        .await
+                        .unwrap();
                 }
             }));
         }

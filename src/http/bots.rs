@@ -107,7 +107,9 @@ fn parse_options(
     let serde_json::Value::Object(map) = v else {
         return Err(ApiError::invalid_field("options: must be a JSON object"));
     };
-    let size = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&map)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > 16 * 1024 {
         return Err(ApiError::invalid_field(format!(
             "options: at most 16384 bytes of JSON, got {size}"
@@ -128,9 +130,16 @@ impl CreateBotRequest {
             name: bot_name(&self.name)?,
             model: field(
                 "model",
-                ModelName::parse(self.model.as_deref().unwrap_or(&state.config.llm.default_model)),
+                ModelName::parse(
+                    self.model
+                        .as_deref()
+                        .unwrap_or(&state.config.llm.default_model),
+                ),
             )?,
-            system_prompt: self.system_prompt.map(|s| parse_prompt(state, s)).transpose()?,
+            system_prompt: self
+                .system_prompt
+                .map(|s| parse_prompt(state, s))
+                .transpose()?,
             pool: self
                 .pool
                 .map(|p| field("pool", PoolName::parse(&p)))
@@ -153,7 +162,11 @@ impl CreateBotRequest {
                 Some(v) => ranged("context_messages", v, 0, 1000)?,
                 None => d.default_context_messages,
             },
-            options: self.options.map(parse_options).transpose()?.unwrap_or_default(),
+            options: self
+                .options
+                .map(parse_options)
+                .transpose()?
+                .unwrap_or_default(),
         };
         Ok((spec, self.autostart.unwrap_or(false)))
     }
@@ -193,13 +206,12 @@ impl PatchBotRequest {
 }
 
 /// Query parameters, with unknown ones refused.
-pub fn query(
-    q: &HashMap<String, String>,
-    allowed: &[&str],
-) -> Result<(), ApiError> {
+pub fn query(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     for k in q.keys() {
         if !allowed.contains(&k.as_str()) {
-            return Err(ApiError::invalid_field(format!("{k}: unknown query parameter")));
+            return Err(ApiError::invalid_field(format!(
+                "{k}: unknown query parameter"
+            )));
         }
     }
     Ok(())
@@ -221,7 +233,9 @@ fn bool_param(q: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> 
     match q.get(key).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(_) => Err(ApiError::invalid_field(format!("{key}: must be true or false"))),
+        Some(_) => Err(ApiError::invalid_field(format!(
+            "{key}: must be true or false"
+        ))),
     }
 }
 
@@ -395,7 +409,12 @@ async fn get(name: String, _: Claims, state: Arc<AppState>) -> Response {
     )
 }
 
-async fn patch(name: String, claims: Claims, state: Arc<AppState>, body: PatchBotRequest) -> Response {
+async fn patch(
+    name: String,
+    claims: Claims,
+    state: Arc<AppState>,
+    body: PatchBotRequest,
+) -> Response {
     respond(
         async {
             let name = bot_name(&name)?;

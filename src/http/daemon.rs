@@ -102,8 +102,10 @@ async fn healthz(state: Arc<AppState>) -> Response {
                 status: "unhealthy",
             },
         );
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
         r
     }
 }
@@ -113,7 +115,11 @@ async fn readyz(state: Arc<AppState>) -> Response {
         Ok(Ok(())) => "ok",
         _ => "down",
     };
-    let llm = if state.llm.breaker_open() { "down" } else { "ok" };
+    let llm = if state.llm.breaker_open() {
+        "down"
+    } else {
+        "ok"
+    };
     let phase = state.phase.get();
     let ready = phase == Phase::Ready && database == "ok";
     let body = Ready {
@@ -133,8 +139,10 @@ async fn readyz(state: Arc<AppState>) -> Response {
         json_reply(StatusCode::OK, &body)
     } else {
         let mut r = json_reply(StatusCode::SERVICE_UNAVAILABLE, &body);
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
         r
     }
 }

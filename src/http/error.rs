@@ -173,7 +173,10 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
             "payload_too_large",
             "the request body is too large",
         )
-    } else if rejection.find::<warp::reject::UnsupportedMediaType>().is_some() {
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

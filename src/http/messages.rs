@@ -66,7 +66,8 @@ impl SendRequest {
         };
         let priority = match self.priority {
             Some(p) => {
-                check_range("priority", p, 0, 3).map_err(|e| ApiError::invalid_field(e.to_string()))?;
+                check_range("priority", p, 0, 3)
+                    .map_err(|e| ApiError::invalid_field(e.to_string()))?;
                 p as u8
             }
             None => 2,
@@ -110,12 +111,14 @@ pub fn routes(
         .and(s())
         .and(request_id())
         .and(json_body::<SendRequest>(state.clone()))
-        .then(|name: String, _: Claims, state: Arc<AppState>, id, body| async move {
-            match bot_name(&name) {
-                Ok(n) => send(state, Target::Bot(n), id, body).await,
-                Err(e) => e.into_response(),
-            }
-        });
+        .then(
+            |name: String, _: Claims, state: Arc<AppState>, id, body| async move {
+                match bot_name(&name) {
+                    Ok(n) => send(state, Target::Bot(n), id, body).await,
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
     let send_pool = warp::path("pools")
         .and(warp::path::param::<String>())
         .and(warp::path("messages"))
@@ -125,12 +128,14 @@ pub fn routes(
         .and(s())
         .and(request_id())
         .and(json_body::<SendRequest>(state.clone()))
-        .then(|name: String, _: Claims, state: Arc<AppState>, id, body| async move {
-            match pool_name(&name) {
-                Ok(p) => send(state, Target::Pool(p), id, body).await,
-                Err(e) => e.into_response(),
-            }
-        });
+        .then(
+            |name: String, _: Claims, state: Arc<AppState>, id, body| async move {
+                match pool_name(&name) {
+                    Ok(p) => send(state, Target::Pool(p), id, body).await,
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
     let history_bot = warp::path("bots")
         .and(warp::path::param::<String>())
         .and(warp::path("messages"))
@@ -139,22 +144,24 @@ pub fn routes(
         .and(auth(state.clone(), Role::Viewer))
         .and(s())
         .and(q())
-        .then(|name: String, _: Claims, state: Arc<AppState>, q| async move {
-            respond(
-                async {
-                    let name = bot_name(&name)?;
-                    let known = state.registry.get(name.clone()).await.is_ok();
-                    history(
-                        &state,
-                        MessageScope::Bot(name.as_str().to_owned()),
-                        &q,
-                        (!known).then(|| EngineError::BotNotFound(name.to_string())),
-                    )
-                    .await
-                }
-                .await,
-            )
-        });
+        .then(
+            |name: String, _: Claims, state: Arc<AppState>, q| async move {
+                respond(
+                    async {
+                        let name = bot_name(&name)?;
+                        let known = state.registry.get(name.clone()).await.is_ok();
+                        history(
+                            &state,
+                            MessageScope::Bot(name.as_str().to_owned()),
+                            &q,
+                            (!known).then(|| EngineError::BotNotFound(name.to_string())),
+                        )
+                        .await
+                    }
+                    .await,
+                )
+            },
+        );
     let history_pool = warp::path("pools")
         .and(warp::path::param::<String>())
         .and(warp::path("messages"))
@@ -163,24 +170,26 @@ pub fn routes(
         .and(auth(state.clone(), Role::Viewer))
         .and(s())
         .and(q())
-        .then(|name: String, _: Claims, state: Arc<AppState>, q| async move {
-            respond(
-                async {
-                    let pool = pool_name(&name)?;
-                    let members = state.registry.list(Some(pool.clone()), None).await?;
-                    history(
-                        &state,
-                        MessageScope::Pool(pool.as_str().to_owned()),
-                        &q,
-                        members
-                            .is_empty()
-                            .then(|| EngineError::PoolNotFound(pool.to_string())),
-                    )
-                    .await
-                }
-                .await,
-            )
-        });
+        .then(
+            |name: String, _: Claims, state: Arc<AppState>, q| async move {
+                respond(
+                    async {
+                        let pool = pool_name(&name)?;
+                        let members = state.registry.list(Some(pool.clone()), None).await?;
+                        history(
+                            &state,
+                            MessageScope::Pool(pool.as_str().to_owned()),
+                            &q,
+                            members
+                                .is_empty()
+                                .then(|| EngineError::PoolNotFound(pool.to_string())),
+                        )
+                        .await
+                    }
+                    .await,
+                )
+            },
+        );
     send_bot
         .or(send_pool)
         .unify()

@@ -29,17 +29,15 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let open = daemon::routes(state.clone());
-    let api = warp::path("api")
-        .and(warp::path("v1"))
-        .and(
-            bots::routes(state.clone())
-                .or(messages::routes(state.clone()))
-                .unify()
-                .or(daemon::api_routes(state.clone()))
-                .unify()
-                .or(openapi::route())
-                .unify(),
-        );
+    let api = warp::path("api").and(warp::path("v1")).and(
+        bots::routes(state.clone())
+            .or(messages::routes(state.clone()))
+            .unify()
+            .or(daemon::api_routes(state.clone()))
+            .unify()
+            .or(openapi::route())
+            .unify(),
+    );
     open.or(api).unify().recover(error::recover).unify()
 }
 
@@ -64,8 +62,7 @@ pub fn auth(
     warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {
         let state = state.clone();
         async move {
-            let claims = check_token(&state, h.as_deref())
-                .map_err(warp::reject::custom)?;
+            let claims = check_token(&state, h.as_deref()).map_err(warp::reject::custom)?;
             if claims.role < need {
                 return Err(warp::reject::custom(ApiError::forbidden(need.as_str())));
             }
@@ -114,35 +111,32 @@ fn raw_body(state: Arc<AppState>) -> impl Filter<Extract = (Bytes,), Error = Rej
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(
-            move |ctype: Option<String>, length: Option<u64>, body| {
-                let limit = state.config.http.max_body_bytes;
-                async move {
-                    if let Some(ct) = &ctype {
-                        let essence = ct.split(';').next().unwrap_or("").trim();
-                        if !essence.eq_ignore_ascii_case("application/json") {
-                            return Err(warp::reject::custom(ApiError::new(
-                                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                                "unsupported_media_type",
-                                "the body must be application/json",
-                            )));
-                        }
+        .and_then(move |ctype: Option<String>, length: Option<u64>, body| {
+            let limit = state.config.http.max_body_bytes;
+            async move {
+                if let Some(ct) = &ctype {
+                    let essence = ct.split(';').next().unwrap_or("").trim();
+                    if !essence.eq_ignore_ascii_case("application/json") {
+                        return Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "unsupported_media_type",
+                            "the body must be application/json",
+                        )));
                     }
-                    let too_large = || {
-                        warp::reject::custom(ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "payload_too_large",
-                            format!("the request body is over {limit} bytes"),
-                        ))
-                    };
-                    if length.is_some_and(|l| l > limit) {
-                        return Err(too_large());
-                    }
-                    collect_body(body, limit, length, too_large).await
-
                 }
-            },
-        )
+                let too_large = || {
+                    warp::reject::custom(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("the request body is over {limit} bytes"),
+                    ))
+                };
+                if length.is_some_and(|l| l > limit) {
+                    return Err(too_large());
+                }
+                collect_body(body, limit, length, too_large).await
+            }
+        })
 }
 
 async fn collect_body<S, B>(
@@ -158,8 +152,9 @@ where
     futures::pin_mut!(body);
     let mut buf = Vec::with_capacity(length.unwrap_or(0).min(limit) as usize);
     while let Some(chunk) = futures::StreamExt::next(&mut body).await {
-        let mut chunk = chunk
-            .map_err(|_| warp::reject::custom(ApiError::invalid_json("the body could not be read")))?;
+        let mut chunk = chunk.map_err(|_| {
+            warp::reject::custom(ApiError::invalid_json("the body could not be read"))
+        })?;
         if buf.len() as u64 + chunk.remaining() as u64 > limit {
             return Err(too_large());
         }
@@ -177,7 +172,9 @@ where
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // A syntax error anywhere means the body is not JSON at all.
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-        return Err(ApiError::invalid_json(format!("the body is not valid JSON: {e}")));
+        return Err(ApiError::invalid_json(format!(
+            "the body is not valid JSON: {e}"
+        )));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -60,7 +60,14 @@ pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp 
     config.logging.format = LogFormat::Json;
     tweak(&mut config);
     let keys = JwtKeys::new(SECRET.as_bytes());
-    let token = |role| keys.mint("test-user", role, TokenKind::Service, Duration::from_secs(3600));
+    let token = |role| {
+        keys.mint(
+            "test-user",
+            role,
+            TokenKind::Service,
+            Duration::from_secs(3600),
+        )
+    };
     let (admin, operator, viewer) = (
         token(Role::Admin),
         token(Role::Operator),
@@ -190,14 +197,24 @@ impl TestApp {
     }
 
     /// Polls a bot until `pred` holds for it, or panics after `deadline`.
-    pub async fn wait_for_bot(&self, name: &str, deadline: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for_bot(
+        &self,
+        name: &str,
+        deadline: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let until = Instant::now() + deadline;
         loop {
-            let (status, body) = self.get(&format!("/api/v1/bots/{name}"), &self.viewer).await;
+            let (status, body) = self
+                .get(&format!("/api/v1/bots/{name}"), &self.viewer)
+                .await;
             if status == 200 && pred(&body) {
                 return body;
             }
-            assert!(Instant::now() < until, "bot {name} never got there; last: {body}");
+            assert!(
+                Instant::now() < until,
+                "bot {name} never got there; last: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

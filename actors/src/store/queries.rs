@@ -10,7 +10,9 @@ use crate::with_conn;
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// A bot's row: its spec, desired state and failure.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset, Serialize,
+)]
 #[diesel(table_name = bots, treat_none_as_null = true)]
 pub struct BotRow {
     pub name: String,
@@ -34,7 +36,9 @@ pub struct BotRow {
 }
 
 /// A pool's row.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset, Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset, Serialize,
+)]
 #[diesel(table_name = pools)]
 pub struct PoolRow {
     pub name: String,
@@ -143,11 +147,15 @@ pub fn insert_bot(conn: &mut DbConn, row: &BotRow) -> Result<()> {
 }
 
 pub fn get_bot(conn: &mut DbConn, name: &str) -> Result<Option<BotRow>> {
-    Ok(with_conn!(conn, c => bots::table.find(name).select(BotRow::as_select()).first(c).optional())?)
+    Ok(
+        with_conn!(conn, c => bots::table.find(name).select(BotRow::as_select()).first(c).optional())?,
+    )
 }
 
 pub fn list_bots(conn: &mut DbConn) -> Result<Vec<BotRow>> {
-    Ok(with_conn!(conn, c => bots::table.order(bots::name.asc()).select(BotRow::as_select()).load(c))?)
+    Ok(
+        with_conn!(conn, c => bots::table.order(bots::name.asc()).select(BotRow::as_select()).load(c))?,
+    )
 }
 
 /// Replaces a bot's row (spec, desired state, failure).
@@ -214,11 +222,15 @@ pub fn upsert_pool(conn: &mut DbConn, row: &PoolRow) -> Result<()> {
 }
 
 pub fn get_pool(conn: &mut DbConn, name: &str) -> Result<Option<PoolRow>> {
-    Ok(with_conn!(conn, c => pools::table.find(name).select(PoolRow::as_select()).first(c).optional())?)
+    Ok(
+        with_conn!(conn, c => pools::table.find(name).select(PoolRow::as_select()).first(c).optional())?,
+    )
 }
 
 pub fn list_pools(conn: &mut DbConn) -> Result<Vec<PoolRow>> {
-    Ok(with_conn!(conn, c => pools::table.order(pools::name.asc()).select(PoolRow::as_select()).load(c))?)
+    Ok(
+        with_conn!(conn, c => pools::table.order(pools::name.asc()).select(PoolRow::as_select()).load(c))?,
+    )
 }
 
 pub fn delete_pool(conn: &mut DbConn, name: &str) -> Result<bool> {
@@ -238,21 +250,23 @@ pub fn insert_message(conn: &mut DbConn, row: &NewMessage) -> Result<i64> {
 
 /// Stores a reply and marks its user message complete, in one transaction.
 pub fn complete_exchange(conn: &mut DbConn, user_id: i64, reply: &NewMessage) -> Result<i64> {
-    Ok(with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
-        let n = diesel::update(messages::table.find(user_id))
-            .set((messages::status.eq("complete"), messages::error.eq(None::<String>)))
-            .execute(c)?;
-        if n == 0 {
-            return Err(diesel::result::Error::NotFound);
-        }
-        let mut reply = reply.clone();
-        reply.reply_to = Some(user_id);
-        reply.status = "complete".into();
-        diesel::insert_into(messages::table)
-            .values(&reply)
-            .returning(messages::id)
-            .get_result::<i64>(c)
-    }))?)
+    Ok(
+        with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
+            let n = diesel::update(messages::table.find(user_id))
+                .set((messages::status.eq("complete"), messages::error.eq(None::<String>)))
+                .execute(c)?;
+            if n == 0 {
+                return Err(diesel::result::Error::NotFound);
+            }
+            let mut reply = reply.clone();
+            reply.reply_to = Some(user_id);
+            reply.status = "complete".into();
+            diesel::insert_into(messages::table)
+                .values(&reply)
+                .returning(messages::id)
+                .get_result::<i64>(c)
+        }))?,
+    )
 }
 
 pub fn set_message_status(
@@ -336,9 +350,11 @@ pub fn last_message_id(
 
 /// At start-up: messages left pending by a crash of the daemon become failed.
 pub fn fail_pending(conn: &mut DbConn, error: &str) -> Result<usize> {
-    Ok(with_conn!(conn, c => diesel::update(messages::table.filter(messages::status.eq("pending")))
+    Ok(
+        with_conn!(conn, c => diesel::update(messages::table.filter(messages::status.eq("pending")))
         .set((messages::status.eq("failed"), messages::error.eq(error)))
-        .execute(c))?)
+        .execute(c))?,
+    )
 }
 
 /// Deletes at most `batch` messages created before `cutoff_ms`; returns how many.
@@ -394,11 +410,15 @@ pub fn insert_user(conn: &mut DbConn, row: &UserRow) -> Result<()> {
 }
 
 pub fn get_user(conn: &mut DbConn, username: &str) -> Result<Option<UserRow>> {
-    Ok(with_conn!(conn, c => users::table.find(username).select(UserRow::as_select()).first(c).optional())?)
+    Ok(
+        with_conn!(conn, c => users::table.find(username).select(UserRow::as_select()).first(c).optional())?,
+    )
 }
 
 pub fn list_users(conn: &mut DbConn) -> Result<Vec<UserRow>> {
-    Ok(with_conn!(conn, c => users::table.order(users::username.asc()).select(UserRow::as_select()).load(c))?)
+    Ok(
+        with_conn!(conn, c => users::table.order(users::username.asc()).select(UserRow::as_select()).load(c))?,
+    )
 }
 
 pub fn update_user(

@@ -94,7 +94,8 @@ impl Drop for TestDb {
             }
             Cleanup::Postgres { admin, name } => {
                 if let Ok(mut c) = PgConnection::establish(admin) {
-                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                    let _ =
+                        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
                 }
             }
         }
