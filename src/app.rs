@@ -261,6 +261,7 @@ async fn build(
             .context("the database task failed")??
     };
     let store = StoreHandle::start(db);
+    server::precreate_metrics();
     let llm = LlmService::start(&config.llm).map_err(|e| anyhow::anyhow!("{e}"))?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use warp::Filter;
 
+use botd_actors::metrics::Metrics;
+
 use crate::http::error::PendingError;
 use crate::state::{ClientAddr, RequestId};
 
@@ -105,6 +107,9 @@ pub async fn serve<F, R>(
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
         let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let started = std::time::Instant::now();
+            let route = route_of(req.uri().path());
+            let method = req.method().clone();
             let id = request_id(&req);
             req.extensions_mut().insert(RequestId(id.clone()));
             req.extensions_mut().insert(ClientAddr(peer));
@@ -115,6 +120,7 @@ pub async fn serve<F, R>(
                     Err(never) => match never {},
                 };
                 if let Some(PendingError(err)) = resp.extensions_mut().remove::<PendingError>() {
+                    Metrics::get().rejection(err.code);
                     let extra = std::mem::take(resp.headers_mut());
                     resp = err.into_final_response(&id);
                     for (k, v) in extra.iter() {
@@ -130,6 +136,13 @@ pub async fn serve<F, R>(
                         .entry(k)
                         .or_insert_with(|| HeaderValue::from_static(v));
                 }
+                let m = Metrics::get();
+                m.http_requests
+                    .with_label_values(&[route, method_label(&method), resp.status().as_str()])
+                    .inc();
+                m.http_duration
+                    .with_label_values(&[route])
+                    .observe(started.elapsed().as_secs_f64());
                 Ok::<_, Infallible>(resp)
             }
         });
@@ -157,7 +170,104 @@ pub async fn serve<F, R>(
     }
 }
 
+/// The route templates, the only values of the `route` label.
+pub const ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/api/v1/openapi.json",
+    "/api/v1/status",
+    "/api/v1/events",
+    "/api/v1/bots",
+    "/api/v1/bots/{name}",
+    "/api/v1/bots/{name}/start",
+    "/api/v1/bots/{name}/stop",
+    "/api/v1/bots/{name}/restart",
+    "/api/v1/bots/{name}/events",
+    "/api/v1/bots/{name}/messages",
+    "/api/v1/bots/{name}/logs",
+    "/api/v1/pools",
+    "/api/v1/pools/{pool}",
+    "/api/v1/pools/{pool}/messages",
+    "/api/v1/logs",
+    "/api/v1/ws",
+    "/api/v1/auth/login",
+    "/api/v1/auth/whoami",
+    "/api/v1/users",
+    "/api/v1/users/{username}",
+    "other",
+];
+
+/// The route template of a path (a fixed set, so label values stay few).
+pub fn route_of(path: &str) -> &'static str {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let shape: Vec<&str> = match segs.as_slice() {
+        ["api", "v1", "bots", _, rest @ ..] => ["api", "v1", "bots", "{name}"]
+            .into_iter()
+            .chain(rest.iter().copied())
+            .collect(),
+        ["api", "v1", "pools", _, rest @ ..] => ["api", "v1", "pools", "{pool}"]
+            .into_iter()
+            .chain(rest.iter().copied())
+            .collect(),
+        ["api", "v1", "users", _] => vec!["api", "v1", "users", "{username}"],
+        other => other.to_vec(),
+    };
+    let joined = format!("/{}", shape.join("/"));
+    ROUTES
+        .iter()
+        .find(|r| **r == joined)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Creates the per-route series at start, so every family appears before traffic.
+pub fn precreate_metrics() {
+    let m = Metrics::get();
+    for r in ROUTES {
+        m.http_duration.with_label_values(&[r]);
+    }
+    m.http_requests
+        .with_label_values(&["/healthz", "GET", "200"]);
+}
+
 /// Binds the listener (port 0 picks a free port).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn paths_map_to_their_route_templates() {
+        assert_eq!(
+            route_of("/api/v1/bots/b1/messages"),
+            "/api/v1/bots/{name}/messages"
+        );
+        assert_eq!(route_of("/api/v1/bots/b1"), "/api/v1/bots/{name}");
+        assert_eq!(route_of("/api/v1/bots"), "/api/v1/bots");
+        assert_eq!(
+            route_of("/api/v1/pools/p/messages"),
+            "/api/v1/pools/{pool}/messages"
+        );
+        assert_eq!(route_of("/api/v1/users/ann"), "/api/v1/users/{username}");
+        assert_eq!(route_of("/healthz"), "/healthz");
+        assert_eq!(route_of("/api/v1/bots/b1/nope"), "other");
+        assert_eq!(route_of("/../etc/passwd"), "other");
+    }
 }

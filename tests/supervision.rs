@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{spawn_app, spawn_app_with, TestApp};
+#[cfg(feature = "fault-injection")]
+use support::spawn_app_with;
+use support::{spawn_app, TestApp};
 
 const PANIC: &str = "__botd_fault:panic__";
 #[cfg(feature = "fault-injection")]
@@ -21,6 +23,7 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
+#[cfg(feature = "fault-injection")]
 async fn kinds(app: &TestApp, bot: &str) -> Vec<(String, String)> {
     let (_, events) = app
         .get(&format!("/api/v1/events?bot={bot}&limit=500"), &app.viewer)

@@ -228,6 +228,17 @@ async fn run_task(env: Arc<BotEnv>, job: Job, token: CancellationToken, me: Addr
             ))
         }
     };
+    let metrics = crate::metrics::Metrics::get();
+    match &result {
+        Ok(a) => {
+            metrics.message("complete");
+            metrics.message_duration.observe(a.total_us as f64 / 1e6);
+            metrics
+                .overhead
+                .observe(a.total_us.saturating_sub(a.llm_us) as f64 / 1e6);
+        }
+        Err(e) => metrics.message(e.code()),
+    }
     env.queue.finish(seq);
     let _ = reply.send(result);
     me.do_send(Poke);

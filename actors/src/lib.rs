@@ -9,10 +9,12 @@
 //! - [`bot`]: the Bot actor and the task that handles one message.
 //! - [`queue`]: a bot's bounded priority queue, shared so that a crash loses nothing.
 //! - [`llm`]: the Ollama chat client and the LLM pool (permits, retries, breaker).
+//! - [`metrics`]: the Prometheus metrics botd exports.
 //! - [`store`]: diesel on PostgreSQL or SQLite, migrations, plain query functions and the
 //!   `Store` actor that runs them on a `SyncArbiter`.
 pub mod bot;
 pub mod llm;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod queue;

@@ -280,6 +280,7 @@ impl Registry {
         let kind = if crashed { "crashed" } else { "exited" };
         let detail = serde_json::json!({ "error": error });
         if crashed {
+            crate::metrics::Metrics::get().bot_crashes.inc();
             warn!(self.log, "A bot crashed."; "bot" => name.as_str(), "error" => error.as_deref().unwrap_or(""));
         } else {
             info!(self.log, "A bot exited."; "bot" => name.as_str());
@@ -367,6 +368,7 @@ impl Registry {
             }
             entry.restart_times.push_back(Instant::now());
             entry.restarts += 1;
+            crate::metrics::Metrics::get().bot_restarts.inc();
             let restarts = entry.restarts;
             act.spawn_bot(&name, ctx);
             act.event(

@@ -72,9 +72,14 @@ pub fn routes(
     let readyz = warp::path("readyz")
         .and(warp::path::end())
         .and(warp::get())
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .then(readyz);
-    healthz.or(readyz).unify()
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_state(state))
+        .then(metrics);
+    healthz.or(readyz).unify().or(metrics).unify()
 }
 
 /// `/api/v1/status`.
@@ -145,6 +150,23 @@ async fn readyz(state: Arc<AppState>) -> Response {
         );
         r
     }
+}
+
+/// `/metrics`: the Prometheus text format. Gauges read at scrape time are refreshed first.
+async fn metrics(state: Arc<AppState>) -> Response {
+    let m = botd_actors::metrics::Metrics::get();
+    if let Ok(counts) = state.registry.counts().await {
+        for (st, n) in counts {
+            m.bots.with_label_values(&[st]).set(n as i64);
+        }
+    }
+    state.store.publish_pool_state();
+    let mut r = Response::new(m.render().into());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 async fn status(_: Claims, state: Arc<AppState>) -> Response {

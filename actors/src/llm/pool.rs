@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{ChatReply, ChatRequest, LlmError, OllamaClient};
+use crate::metrics::Metrics;
 use crate::model::EngineError;
 use crate::settings::LlmSettings;
 
@@ -137,6 +138,12 @@ impl LlmPool {
         }
     }
 
+    fn publish(&self) {
+        let m = Metrics::get();
+        m.llm_in_flight.set(self.in_flight as i64);
+        m.llm_queue_depth.set(self.queued as i64);
+    }
+
     fn retry_after_secs(&self) -> u64 {
         let secs = self.queued as f64 * self.mean_service_secs / self.max_concurrent as f64;
         (secs.ceil() as u64).max(1)
@@ -172,6 +179,7 @@ impl Handler<Acquire> for LlmPool {
         let (tx, rx) = oneshot::channel();
         if self.in_flight < self.max_concurrent && self.queued == 0 {
             self.in_flight += 1;
+            self.publish();
             let _ = tx.send(self.permit(ctx));
             return Ok(rx);
         }
@@ -187,6 +195,7 @@ impl Handler<Acquire> for LlmPool {
         }
         queue.push_back(tx);
         self.queued += 1;
+        self.publish();
         Ok(rx)
     }
 }
@@ -203,6 +212,7 @@ impl Handler<Release> for LlmPool {
             0.9 * self.mean_service_secs + 0.1 * held
         };
         self.grant(ctx);
+        self.publish();
     }
 }
 
@@ -213,6 +223,7 @@ impl Handler<SetLimits> for LlmPool {
         self.max_concurrent = msg.max_concurrent.max(1);
         self.max_queue = msg.max_queue;
         self.grant(ctx);
+        self.publish();
     }
 }
 
@@ -261,6 +272,7 @@ impl Breaker {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.threshold {
             self.open.store(true, Ordering::Release);
+            Metrics::get().llm_breaker_open.set(1);
         }
     }
 
@@ -268,6 +280,7 @@ impl Breaker {
         if ok {
             self.failures.store(0, Ordering::Release);
             self.open.store(false, Ordering::Release);
+            Metrics::get().llm_breaker_open.set(0);
         }
         self.probing.store(false, Ordering::Release);
     }
@@ -376,6 +389,8 @@ impl LlmService {
             _ = tokio::time::sleep_until(deadline) => return Err(CallError::Deadline),
         };
         let queue_time = queued_at.elapsed();
+        let metrics = Metrics::get();
+        metrics.llm_queue_wait.observe(queue_time.as_secs_f64());
         let started = Instant::now();
         let mut forwarded = false;
         let mut attempt = 0u32;
@@ -404,9 +419,14 @@ impl LlmService {
             match outcome {
                 Ok(reply) => {
                     self.breaker.success();
+                    metrics.llm_requests.with_label_values(&["ok"]).inc();
                     break Ok(reply);
                 }
                 Err(e) => {
+                    metrics
+                        .llm_requests
+                        .with_label_values(&[attempt_outcome(&e)])
+                        .inc();
                     if e.counts_for_breaker() {
                         self.breaker.failure();
                     }
@@ -418,6 +438,7 @@ impl LlmService {
                         break Err(e);
                     }
                     attempt += 1;
+                    metrics.llm_retries.inc();
                     let backoff = retry_delay(attempt);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -429,12 +450,24 @@ impl LlmService {
         };
         drop(permit);
         let llm_time = started.elapsed();
+        metrics.llm_duration.observe(llm_time.as_secs_f64());
         match result {
-            Ok(reply) => Ok(CallOutcome {
-                reply,
-                llm_time,
-                queue_time,
-            }),
+            Ok(reply) => {
+                if let Some(n) = reply.prompt_tokens {
+                    metrics.llm_tokens.with_label_values(&["prompt"]).inc_by(n);
+                }
+                if let Some(n) = reply.completion_tokens {
+                    metrics
+                        .llm_tokens
+                        .with_label_values(&["completion"])
+                        .inc_by(n);
+                }
+                Ok(CallOutcome {
+                    reply,
+                    llm_time,
+                    queue_time,
+                })
+            }
             Err(e) => Err(CallError::Engine(self.map_error(e))),
         }
     }
@@ -450,6 +483,19 @@ impl LlmService {
             LlmError::Broken(m) => EngineError::LlmError(format!("the stream broke: {m}")),
             LlmError::Protocol(m) => EngineError::LlmError(format!("bad answer: {m}")),
         }
+    }
+}
+
+/// The `botd_llm_requests_total` outcome of a failed attempt.
+fn attempt_outcome(e: &LlmError) -> &'static str {
+    match e {
+        LlmError::Unavailable(_) => "unavailable",
+        LlmError::Timeout => "timeout",
+        LlmError::Status { status, .. } if *status >= 500 => "status_5xx",
+        LlmError::Status { .. } => "status_4xx",
+        LlmError::Stream(_) => "stream_error",
+        LlmError::Broken(_) => "broken",
+        LlmError::Protocol(_) => "protocol",
     }
 }
 

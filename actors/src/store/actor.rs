@@ -27,8 +27,13 @@ impl<R: Send + 'static> Handler<Run<R>> for Store {
     type Result = Result<R, StoreError>;
 
     fn handle(&mut self, msg: Run<R>, _: &mut Self::Context) -> Self::Result {
+        let started = std::time::Instant::now();
         let mut conn = self.pool.get()?;
-        (msg.0)(&mut conn)
+        let result = (msg.0)(&mut conn);
+        crate::metrics::Metrics::get()
+            .db_query_duration
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 }
 
@@ -40,6 +45,7 @@ pub struct StoreHandle {
     /// One thread, so that detached writes run in the order they were queued.
     ordered: Addr<Store>,
     backend: &'static str,
+    db: Db,
 }
 
 /// Reader threads at most on SQLite (its readers do not need many).
@@ -73,11 +79,24 @@ impl StoreHandle {
             writer,
             ordered,
             backend: db.backend(),
+            db,
         }
     }
 
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Publishes the reader pool's connection counts to the metrics.
+    pub fn publish_pool_state(&self) {
+        let state = self.db.readers.state();
+        let g = &crate::metrics::Metrics::get().db_connections;
+        g.with_label_values(&["idle"])
+            .set(state.idle_connections as i64);
+        g.with_label_values(&["in_use"])
+            .set(state.connections.saturating_sub(state.idle_connections) as i64);
+        g.with_label_values(&["max"])
+            .set(self.db.readers.max_size() as i64);
     }
 
     /// Runs a read query.

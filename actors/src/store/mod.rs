@@ -44,6 +44,17 @@ impl From<diesel::result::Error> for StoreError {
             Error::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 StoreError::Unavailable(info.message().to_owned())
             }
+            // SQLite's SQLITE_BUSY / SQLITE_LOCKED once busy_timeout has passed.
+            Error::DatabaseError(_, info)
+                if info.message().contains("database is locked")
+                    || info.message().contains("database table is locked")
+                    || info.message().contains("database is busy") =>
+            {
+                StoreError::Unavailable(info.message().to_owned())
+            }
+            Error::BrokenTransactionManager => {
+                StoreError::Unavailable("the connection's transaction state is broken".into())
+            }
             other => StoreError::Query(other.to_string()),
         }
     }
@@ -52,5 +63,37 @@ impl From<diesel::result::Error> for StoreError {
 impl From<r2d2::Error> for StoreError {
     fn from(e: r2d2::Error) -> Self {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    #[test]
+    fn diesel_errors_map_to_their_kind() {
+        assert_eq!(StoreError::from(Error::NotFound), StoreError::NotFound);
+        let db = |kind, msg: &str| Error::DatabaseError(kind, Box::new(msg.to_owned()));
+        assert!(matches!(
+            StoreError::from(db(DatabaseErrorKind::UniqueViolation, "dup")),
+            StoreError::Conflict(m) if m == "dup"
+        ));
+        assert!(matches!(
+            StoreError::from(db(DatabaseErrorKind::ClosedConnection, "gone")),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(db(DatabaseErrorKind::Unknown, "database is locked")),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(db(DatabaseErrorKind::Unknown, "syntax error")),
+            StoreError::Query(_)
+        ));
+        assert!(matches!(
+            StoreError::from(Error::BrokenTransactionManager),
+            StoreError::Unavailable(_)
+        ));
     }
 }

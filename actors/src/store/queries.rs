@@ -141,6 +141,7 @@ pub enum MessageScope {
 
 // ---- bots ----
 
+/// Stores a new bot; `Conflict` when the name is taken.
 pub fn insert_bot(conn: &mut DbConn, row: &BotRow) -> Result<()> {
     with_conn!(conn, c => diesel::insert_into(bots::table).values(row).execute(c))?;
     Ok(())
@@ -152,13 +153,22 @@ pub fn get_bot(conn: &mut DbConn, name: &str) -> Result<Option<BotRow>> {
     )
 }
 
+/// Every bot, sorted by name.
 pub fn list_bots(conn: &mut DbConn) -> Result<Vec<BotRow>> {
     Ok(
         with_conn!(conn, c => bots::table.order(bots::name.asc()).select(BotRow::as_select()).load(c))?,
     )
 }
 
-/// Replaces a bot's row (spec, desired state, failure).
+/// The bots to consider at start-up: all of them, sorted by name. The caller runs those
+/// whose `desired_state` is `running` and whose `failed_reason` is unset, and keeps the
+/// others in their stopped or failed state.
+pub fn list_bots_to_restore(conn: &mut DbConn) -> Result<Vec<BotRow>> {
+    list_bots(conn)
+}
+
+/// Replaces a bot's row (spec, desired state, failure, `updated_at`); `NotFound` when
+/// there is no such bot.
 pub fn update_bot(conn: &mut DbConn, row: &BotRow) -> Result<()> {
     let n = with_conn!(conn, c => diesel::update(bots::table.find(&row.name)).set(row).execute(c))?;
     if n == 0 {
@@ -167,6 +177,7 @@ pub fn update_bot(conn: &mut DbConn, row: &BotRow) -> Result<()> {
     Ok(())
 }
 
+/// Sets what the operator asked for: `running` or `stopped`.
 pub fn set_desired_state(conn: &mut DbConn, name: &str, state: &str, now: i64) -> Result<()> {
     let n = with_conn!(conn, c => diesel::update(bots::table.find(name))
         .set((bots::desired_state.eq(state), bots::updated_at.eq(now)))
@@ -201,23 +212,23 @@ pub fn delete_bot(conn: &mut DbConn, name: &str, purge_history: bool) -> Result<
 
 // ---- pools ----
 
+/// Creates a pool or replaces its settings; an existing pool keeps its `created_at`.
 pub fn upsert_pool(conn: &mut DbConn, row: &PoolRow) -> Result<()> {
-    with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
-        let n = diesel::update(pools::table.find(&row.name))
-            .set((
-                pools::template.eq(&row.template),
-                pools::min_bots.eq(row.min_bots),
-                pools::max_bots.eq(row.max_bots),
-                pools::scale_up_queue_depth.eq(row.scale_up_queue_depth),
-                pools::scale_down_idle_secs.eq(row.scale_down_idle_secs),
-                pools::updated_at.eq(row.updated_at),
-            ))
-            .execute(c)?;
-        if n == 0 {
-            diesel::insert_into(pools::table).values(row).execute(c)?;
-        }
-        Ok(())
-    }))?;
+    use diesel::upsert::excluded;
+    // One statement, so two concurrent upserts of one name cannot both insert.
+    with_conn!(conn, c => diesel::insert_into(pools::table)
+        .values(row)
+        .on_conflict(pools::name)
+        .do_update()
+        .set((
+            pools::template.eq(excluded(pools::template)),
+            pools::min_bots.eq(excluded(pools::min_bots)),
+            pools::max_bots.eq(excluded(pools::max_bots)),
+            pools::scale_up_queue_depth.eq(excluded(pools::scale_up_queue_depth)),
+            pools::scale_down_idle_secs.eq(excluded(pools::scale_down_idle_secs)),
+            pools::updated_at.eq(excluded(pools::updated_at)),
+        ))
+        .execute(c))?;
     Ok(())
 }
 
@@ -227,12 +238,14 @@ pub fn get_pool(conn: &mut DbConn, name: &str) -> Result<Option<PoolRow>> {
     )
 }
 
+/// Every pool, sorted by name.
 pub fn list_pools(conn: &mut DbConn) -> Result<Vec<PoolRow>> {
     Ok(
         with_conn!(conn, c => pools::table.order(pools::name.asc()).select(PoolRow::as_select()).load(c))?,
     )
 }
 
+/// Deletes a pool's row (not its bots, not its history); returns whether it existed.
 pub fn delete_pool(conn: &mut DbConn, name: &str) -> Result<bool> {
     let n = with_conn!(conn, c => diesel::delete(pools::table.find(name)).execute(c))?;
     Ok(n > 0)
@@ -240,7 +253,7 @@ pub fn delete_pool(conn: &mut DbConn, name: &str) -> Result<bool> {
 
 // ---- messages ----
 
-/// Stores a message; returns its id.
+/// Stores a message (a user message is stored `pending`); returns its id.
 pub fn insert_message(conn: &mut DbConn, row: &NewMessage) -> Result<i64> {
     Ok(with_conn!(conn, c => diesel::insert_into(messages::table)
         .values(row)
@@ -248,7 +261,10 @@ pub fn insert_message(conn: &mut DbConn, row: &NewMessage) -> Result<i64> {
         .get_result::<i64>(c))?)
 }
 
-/// Stores a reply and marks its user message complete, in one transaction.
+/// Stores a reply and marks its user message complete, in one transaction: either both
+/// happen or neither. The reply gets `reply_to = user_id` and status `complete` whatever
+/// `reply` says. Returns the reply's id; `NotFound` (and nothing stored) when there is no
+/// message `user_id`.
 pub fn complete_exchange(conn: &mut DbConn, user_id: i64, reply: &NewMessage) -> Result<i64> {
     Ok(
         with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
@@ -269,6 +285,8 @@ pub fn complete_exchange(conn: &mut DbConn, user_id: i64, reply: &NewMessage) ->
     )
 }
 
+/// Sets a message's final status (`failed`, `cancelled`, …) and the error code it ended
+/// with. A message that no longer exists (its bot was purged meanwhile) is not an error.
 pub fn set_message_status(
     conn: &mut DbConn,
     id: i64,
@@ -281,7 +299,9 @@ pub fn set_message_status(
     Ok(())
 }
 
-/// A page of history, newest first: ids below `before`, at most `limit`.
+/// A page of history, newest first: ids below `before`, at most `limit`. A bot's scope
+/// holds every message it handled (its pools' turns too); a pool's, its conversations.
+/// The next page is `before = last row's id`.
 pub fn history(
     conn: &mut DbConn,
     scope: &MessageScope,
@@ -301,7 +321,7 @@ pub fn history(
         if let Some(before) = before {
             q = q.filter(messages::id.lt(before));
         }
-        q.order(messages::id.desc()).limit(limit).load(c)
+        q.order(messages::id.desc()).limit(limit.max(0)).load(c)
     })?)
 }
 
@@ -313,6 +333,9 @@ pub fn context(
     conversation: &str,
     n: i64,
 ) -> Result<Vec<MessageRow>> {
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
     let mut rows: Vec<MessageRow> = with_conn!(conn, c => {
         let mut q = messages::table
             .select(MessageRow::as_select())
@@ -329,7 +352,8 @@ pub fn context(
     Ok(rows)
 }
 
-/// The newest message id of a conversation (the context cache's version).
+/// The newest message id of a conversation in the same scope as [`context`] (the context
+/// cache's version: any message stored in it changes the answer).
 pub fn last_message_id(
     conn: &mut DbConn,
     scope: &MessageScope,
@@ -348,7 +372,8 @@ pub fn last_message_id(
     })?)
 }
 
-/// At start-up: messages left pending by a crash of the daemon become failed.
+/// At start-up: messages left pending by a crash of the daemon become failed with
+/// `error`; returns how many.
 pub fn fail_pending(conn: &mut DbConn, error: &str) -> Result<usize> {
     Ok(
         with_conn!(conn, c => diesel::update(messages::table.filter(messages::status.eq("pending")))
@@ -358,20 +383,30 @@ pub fn fail_pending(conn: &mut DbConn, error: &str) -> Result<usize> {
 }
 
 /// Deletes at most `batch` messages created before `cutoff_ms`; returns how many.
-pub fn delete_messages_older_than(conn: &mut DbConn, cutoff_ms: i64, batch: i64) -> Result<usize> {
+/// One batch of retention: deletes at most `batch_size` messages created before
+/// `cutoff_ms`, oldest first, in one statement; returns how many. The caller loops (and
+/// yields) until it returns less than `batch_size`.
+pub fn delete_messages_older_than(
+    conn: &mut DbConn,
+    cutoff_ms: i64,
+    batch_size: i64,
+) -> Result<usize> {
+    if batch_size <= 0 {
+        return Ok(0);
+    }
     Ok(with_conn!(conn, c => {
         let ids = messages::table
             .select(messages::id)
             .filter(messages::created_at.lt(cutoff_ms))
             .order(messages::id.asc())
-            .limit(batch)
-            .load::<i64>(c)?;
+            .limit(batch_size);
         diesel::delete(messages::table.filter(messages::id.eq_any(ids))).execute(c)
     })?)
 }
 
 // ---- events ----
 
+/// Stores an event; returns its id.
 pub fn insert_event(conn: &mut DbConn, row: &NewEvent) -> Result<i64> {
     Ok(with_conn!(conn, c => diesel::insert_into(events::table)
         .values(row)
@@ -379,7 +414,8 @@ pub fn insert_event(conn: &mut DbConn, row: &NewEvent) -> Result<i64> {
         .get_result::<i64>(c))?)
 }
 
-/// Events newest first, optionally of one bot, pool or kind.
+/// Events newest first, at most `limit`, optionally of one bot, pool and/or kind (the
+/// filters combine).
 pub fn list_events(
     conn: &mut DbConn,
     bot: Option<&str>,
@@ -398,12 +434,13 @@ pub fn list_events(
         if let Some(k) = kind {
             q = q.filter(events::kind.eq(k));
         }
-        q.order(events::id.desc()).limit(limit).load(c)
+        q.order(events::id.desc()).limit(limit.max(0)).load(c)
     })?)
 }
 
 // ---- users ----
 
+/// Stores a new user; `Conflict` when the name is taken.
 pub fn insert_user(conn: &mut DbConn, row: &UserRow) -> Result<()> {
     with_conn!(conn, c => diesel::insert_into(users::table).values(row).execute(c))?;
     Ok(())
@@ -415,12 +452,23 @@ pub fn get_user(conn: &mut DbConn, username: &str) -> Result<Option<UserRow>> {
     )
 }
 
+/// Every user, sorted by name.
 pub fn list_users(conn: &mut DbConn) -> Result<Vec<UserRow>> {
     Ok(
         with_conn!(conn, c => users::table.order(users::username.asc()).select(UserRow::as_select()).load(c))?,
     )
 }
 
+/// What [`update_user`] changes: the fields given, and always `updated_at`.
+#[derive(AsChangeset)]
+#[diesel(table_name = users)]
+struct UserChanges<'a> {
+    password_hash: Option<&'a str>,
+    role: Option<&'a str>,
+    updated_at: i64,
+}
+
+/// Changes a user's password hash and/or role; `NotFound` when there is no such user.
 pub fn update_user(
     conn: &mut DbConn,
     username: &str,
@@ -428,24 +476,19 @@ pub fn update_user(
     role: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let n = with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
-        let mut n = diesel::update(users::table.find(username))
-            .set(users::updated_at.eq(now))
-            .execute(c)?;
-        if let Some(h) = password_hash {
-            n = diesel::update(users::table.find(username)).set(users::password_hash.eq(h)).execute(c)?;
-        }
-        if let Some(r) = role {
-            n = diesel::update(users::table.find(username)).set(users::role.eq(r)).execute(c)?;
-        }
-        Ok(n)
-    }))?;
+    let changes = UserChanges {
+        password_hash,
+        role,
+        updated_at: now,
+    };
+    let n = with_conn!(conn, c => diesel::update(users::table.find(username)).set(&changes).execute(c))?;
     if n == 0 {
         return Err(StoreError::NotFound);
     }
     Ok(())
 }
 
+/// Deletes a user; returns whether it existed.
 pub fn delete_user(conn: &mut DbConn, username: &str) -> Result<bool> {
     let n = with_conn!(conn, c => diesel::delete(users::table.find(username)).execute(c))?;
     Ok(n > 0)
