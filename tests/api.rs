@@ -653,9 +653,22 @@ async fn model_server_errors_have_the_documented_codes() {
     let app = spawn_app_with(|c| c.llm.retries = 2).await;
     app.running_bot("b", json!({})).await;
 
-    // An unknown model is the model server's 404: 502, not retried.
-    app.running_bot("ghost", json!({"model": "no-such-model"}))
+    // A bot naming a model the server lacks is refused at creation.
+    let (s, body) = app
+        .post(
+            "/api/v1/bots",
+            &app.admin,
+            json!({"name": "nope", "model": "no-such-model"}),
+        )
         .await;
+    assert_eq!((s, code(&body)), (400, "invalid_field"), "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("model"));
+    // A model removed later is the model server's 404 on the call: 502, not retried.
+    app.running_bot("ghost", json!({"model": "llama3"})).await;
+    app.sim.set_models(&["mistral:latest"]);
     let before = app.sim.chat_requests().len();
     let (s, body) = app.send("ghost", "hi").await;
     assert_eq!((s, code(&body)), (502, "llm_error"), "{body}");

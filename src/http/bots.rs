@@ -350,10 +350,31 @@ pub fn routes(
         .unify()
 }
 
+/// Refuses a model the model server says it does not have. When the server cannot be
+/// asked (down, slow), the bot is accepted and the first message will tell.
+async fn check_model(state: &AppState, model: &ModelName) -> Result<(), ApiError> {
+    let ask = state.llm.client().model_exists(model.as_str());
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Ok(false)) => Err(ApiError::invalid_field(format!(
+            "model: the model server has no model '{model}' (pull it first)"
+        ))),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Err(e)) => {
+            slog::warn!(state.log, "The model could not be checked."; "model" => model.as_str(), "error" => e.to_string());
+            Ok(())
+        }
+        Err(_) => {
+            slog::warn!(state.log, "The model could not be checked in time."; "model" => model.as_str());
+            Ok(())
+        }
+    }
+}
+
 async fn create(claims: Claims, state: Arc<AppState>, body: CreateBotRequest) -> Response {
     respond(
         async {
             let (spec, autostart) = body.into_spec(&state)?;
+            check_model(&state, &spec.model).await?;
             let info = state
                 .registry
                 .create(CreateBot {
@@ -419,6 +440,9 @@ async fn patch(
         async {
             let name = bot_name(&name)?;
             let patch = body.into_patch(&state)?;
+            if let Some(model) = &patch.model {
+                check_model(&state, model).await?;
+            }
             let info = state.registry.update(name, patch, claims.sub).await?;
             Ok(bot_json(StatusCode::OK, info))
         }
