@@ -358,3 +358,75 @@ async fn deadlines_answer_504_in_the_queue_without_a_model_call_and_during_one()
     assert_eq!(history["messages"][0]["status"], "failed");
     assert_eq!(history["messages"][0]["error"], "deadline_exceeded");
 }
+
+/// The events of an SSE answer, as (event, data) pairs.
+async fn sse(app: &TestApp, bot: &str, content: &str) -> Vec<(String, Value)> {
+    let r = app
+        .http
+        .post(app.url(&format!("/api/v1/bots/{bot}/messages")))
+        .bearer_auth(&app.operator)
+        .json(&json!({"content": content, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|block| {
+            let event = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))?
+                .trim()
+                .to_owned();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            Some((event, serde_json::from_str(&data).unwrap_or(Value::Null)))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plain_call_is_retried_after_a_broken_stream_but_a_stream_only_before_its_first_token() {
+    let app = spawn_app_with(|c| {
+        c.llm.retries = 2;
+        // Keep the breaker out of it: these failures are in a row.
+        c.llm.breaker_failures = 100;
+    })
+    .await;
+    app.running_bot("b", json!({})).await;
+
+    // Plain: every attempt breaks after two pieces; all three attempts are made.
+    app.sim.break_after_tokens(Some(2));
+    let (s, body) = app.send("b", "plain").await;
+    assert_eq!((s, code(&body)), (502, "llm_error"), "{body}");
+    assert_eq!(app.sim.chat_requests().len(), 3);
+
+    // Streamed: the pieces were forwarded, so no retry; the stream ends with an error
+    // event in the API's error shape, and no truncated reply is stored.
+    let events = sse(&app, "b", "streamed").await;
+    assert_eq!(
+        app.sim.chat_requests().len(),
+        4,
+        "no retry after a forwarded token"
+    );
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "error");
+    assert_eq!(data["error"]["code"], "llm_error");
+    assert!(events.iter().any(|(e, _)| e == "token"));
+    let (_, history) = app.get("/api/v1/bots/b/messages", &app.viewer).await;
+    assert!(history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["role"] == "user"));
+
+    // Broken before the first token: a stream may still retry, and then succeeds.
+    app.sim.break_after_tokens(None);
+    app.sim.fail_next(1, 500, "runner failed");
+    let events = sse(&app, "b", "retried").await;
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    assert_eq!(app.sim.chat_requests().len(), 6);
+}
