@@ -1,2 +1,0 @@
-//! botctl (being written).
-pub fn main() -> i32 { 0 }
