@@ -21,7 +21,7 @@ use crate::auth::{load_secret, JwtKeys};
 use crate::config::{Config, SqliteSynchronous};
 use crate::server::{self, ServeOptions};
 use crate::state::{AppState, Phase, PhaseCell};
-use crate::telemetry::LevelSwitch;
+use crate::telemetry::{LevelSwitch, LogHub};
 
 /// A running daemon.
 pub struct Daemon {
@@ -52,7 +52,12 @@ pub fn open_database(config: &Config, log: &Logger) -> anyhow::Result<Db> {
 
 impl Daemon {
     /// Builds and starts everything; returns once the listener accepts requests.
-    pub fn start(config: Config, log: Logger, level: LevelSwitch) -> anyhow::Result<Daemon> {
+    pub fn start(
+        config: Config,
+        log: Logger,
+        level: LevelSwitch,
+        logs: LogHub,
+    ) -> anyhow::Result<Daemon> {
         let secret = load_secret(
             config.auth.jwt_secret.as_deref(),
             &config.auth.jwt_secret_file,
@@ -68,7 +73,7 @@ impl Daemon {
                 .name("botd-actors".into())
                 .spawn(move || {
                     let system = System::new();
-                    system.block_on(run(config, secret, log, shutdown, ready_tx));
+                    system.block_on(run(config, secret, log, logs, shutdown, ready_tx));
                 })
                 .context("cannot start the actor thread")?
         };
@@ -185,10 +190,11 @@ async fn run(
     config: Arc<Config>,
     secret: Vec<u8>,
     log: Logger,
+    logs: LogHub,
     shutdown: CancellationToken,
     ready: std::sync::mpsc::Sender<Ready>,
 ) {
-    let built = build(config.clone(), secret, log.clone()).await;
+    let built = build(config.clone(), secret, log.clone(), logs).await;
     let (state, http_rt, listener) = match built {
         Ok(x) => x,
         Err(e) => {
@@ -248,6 +254,7 @@ async fn build(
     config: Arc<Config>,
     secret: Vec<u8>,
     log: Logger,
+    logs: LogHub,
 ) -> anyhow::Result<(
     Arc<AppState>,
     tokio::runtime::Runtime,
@@ -301,6 +308,7 @@ async fn build(
         started: Instant::now(),
         phase: PhaseCell::default(),
         log,
+        logs,
     });
     Ok((state, http_rt, listener))
 }

@@ -9,7 +9,7 @@ use slog::{error, info};
 use crate::app::{open_database, Daemon};
 use crate::auth::{load_secret, JwtKeys, Role, TokenKind};
 use crate::config::{Config, ConfigSource};
-use crate::telemetry::{self, LevelSwitch};
+use crate::telemetry::{self, LevelSwitch, LogHub};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -125,8 +125,15 @@ fn fail(message: &str) -> i32 {
 /// Runs the daemon until SIGTERM or SIGINT; a second signal exits at once with status 1.
 fn run(config: Config, source: ConfigSource) -> i32 {
     let level = LevelSwitch::new(config.logging.level);
-    let log = telemetry::logger(config.logging.format, level.clone());
-    let daemon = match Daemon::start(config, log.clone(), level) {
+    let l = &config.logging;
+    let hub = LogHub::new(l.ring_records, l.bot_ring_records, l.follow_buffer_records);
+    let log = telemetry::logger_with_hub(
+        config.logging.format,
+        level.clone(),
+        std::io::stdout(),
+        Some(hub.clone()),
+    );
+    let daemon = match Daemon::start(config, log.clone(), level, hub) {
         Ok(d) => d,
         Err(e) => {
             error!(log, "botd could not start."; "error" => format!("{e:#}"));

@@ -345,7 +345,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
             key: String::new(),
-            message: format!("not valid TOML: {}", e.message()),
+            message: format!(
+                "not valid TOML: {}",
+                e.message().split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
             source: Some(origin.to_owned()),
         })?;
         // Which keys came from which variable, so an error can say so.
@@ -541,6 +544,9 @@ fn env_value(raw: &str) -> toml::Value {
 fn unknown_field_key(parent: &str, message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let field = &rest[..rest.find('`')?];
+    if parent == field || parent.ends_with(&format!(".{field}")) {
+        return Some(parent.to_owned());
+    }
     Some(if parent.is_empty() {
         field.to_owned()
     } else {

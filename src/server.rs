@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -143,7 +147,7 @@ pub async fn serve<F, R>(
                 m.http_duration
                     .with_label_values(&[route])
                     .observe(started.elapsed().as_secs_f64());
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(into_body(resp))
             }
         });
         let conn = builder
@@ -168,6 +172,43 @@ pub async fn serve<F, R>(
             "Some connections were still open at the drain deadline."
         );
     }
+}
+
+/// The body the server writes: warp's, or a stream a handler left in a
+/// [`StreamingBody`] (warp 0.4 has no public way to make a streaming body).
+pub type ServerBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A byte stream to send as a response body, placed in the response's extensions.
+#[derive(Clone)]
+pub struct StreamingBody(pub Arc<std::sync::Mutex<Option<ByteStream>>>);
+
+/// What a [`StreamingBody`] holds.
+pub type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = Bytes> + Send>>;
+
+impl StreamingBody {
+    pub fn new(stream: impl futures::Stream<Item = Bytes> + Send + 'static) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Box::pin(stream)))))
+    }
+}
+
+fn into_body(resp: warp::reply::Response) -> http::Response<ServerBody> {
+    let (mut parts, body) = resp.into_parts();
+    let stream = parts
+        .extensions
+        .remove::<StreamingBody>()
+        .and_then(|s| s.0.lock().ok().and_then(|mut g| g.take()));
+    let body = match stream {
+        Some(stream) => {
+            use futures::StreamExt;
+            let frames =
+                stream.map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
+            BodyExt::boxed_unsync(StreamBody::new(frames))
+        }
+        None => BodyExt::boxed_unsync(BodyExt::map_err(body, |e| {
+            Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+        })),
+    };
+    http::Response::from_parts(parts, body)
 }
 
 /// The route templates, the only values of the `route` label.

@@ -11,6 +11,7 @@ use slog::Logger;
 
 use crate::auth::JwtKeys;
 use crate::config::Config;
+use crate::telemetry::LogHub;
 
 /// Where the daemon is in its life, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct AppState {
     pub started: Instant,
     pub phase: PhaseCell,
     pub log: Logger,
+    /// The log rings and followers' channel behind the tail endpoints.
+    pub logs: LogHub,
 }
 
 /// The request id of the current request, set by the server before routing.

@@ -3,12 +3,18 @@
 //!
 //! Records carry `ts`, `level` (in full, lower case), `msg` and their fields. Message
 //! content, passwords, tokens and the secret are never passed to a logger.
+//!
+//! Every record also goes to a [`LogHub`]: a bounded daemon-wide ring, a bounded ring per
+//! bot (allocated on first use), and a broadcast channel for followers. Writing to the
+//! hub never waits: a follower that falls behind loses records and is told how many.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use slog::{o, Drain, Level, Logger, OwnedKVList, Record};
+use slog::{o, Drain, Level, Logger, OwnedKVList, Record, KV};
+use tokio::sync::broadcast;
 
 use crate::config::{LogFormat, LogLevel};
 
@@ -57,6 +63,220 @@ impl<D: Drain> Drain for Filtered<D> {
             let _ = self.inner.log(record, values);
         }
         Ok(())
+    }
+}
+
+/// One log record as the tail endpoints send it.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub level: Level,
+    /// The bot the record is about, if any.
+    pub bot: Option<String>,
+    /// The whole record as one JSON object (`ts`, `level`, `msg`, fields).
+    pub json: Arc<str>,
+}
+
+/// The in-memory rings and the followers' channel.
+#[derive(Clone)]
+pub struct LogHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    rings: Mutex<Rings>,
+    ring_records: usize,
+    bot_ring_records: usize,
+    tx: broadcast::Sender<Arc<LogRecord>>,
+}
+
+struct Rings {
+    all: VecDeque<Arc<LogRecord>>,
+    bots: HashMap<String, VecDeque<Arc<LogRecord>>>,
+}
+
+impl LogHub {
+    /// `follow_buffer` is each follower's buffer, in records.
+    pub fn new(ring_records: usize, bot_ring_records: usize, follow_buffer: usize) -> Self {
+        let (tx, _) = broadcast::channel(follow_buffer.max(1));
+        Self {
+            inner: Arc::new(HubInner {
+                rings: Mutex::new(Rings {
+                    all: VecDeque::new(),
+                    bots: HashMap::new(),
+                }),
+                ring_records,
+                bot_ring_records,
+                tx,
+            }),
+        }
+    }
+
+    fn push(&self, record: LogRecord) {
+        let record = Arc::new(record);
+        {
+            let mut rings = self.inner.rings.lock().unwrap_or_else(|p| p.into_inner());
+            if self.inner.ring_records > 0 {
+                if rings.all.len() == self.inner.ring_records {
+                    rings.all.pop_front();
+                }
+                rings.all.push_back(record.clone());
+            }
+            if let (Some(bot), true) = (&record.bot, self.inner.bot_ring_records > 0) {
+                let cap = self.inner.bot_ring_records;
+                let ring = rings.bots.entry(bot.clone()).or_default();
+                if ring.len() == cap {
+                    ring.pop_front();
+                }
+                ring.push_back(record.clone());
+            }
+        }
+        // No follower is not an error; a slow one lags, and never makes this wait.
+        let _ = self.inner.tx.send(record);
+    }
+
+    /// The last `n` records (of one bot, or all) at `min` level or more severe, oldest first.
+    pub fn tail(&self, bot: Option<&str>, min: Level, n: usize) -> Vec<Arc<LogRecord>> {
+        let rings = self.inner.rings.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = match bot {
+            Some(b) => match rings.bots.get(b) {
+                Some(r) => r,
+                None => return Vec::new(),
+            },
+            None => &rings.all,
+        };
+        let mut out: Vec<Arc<LogRecord>> = ring
+            .iter()
+            .rev()
+            .filter(|r| r.level.is_at_least(min))
+            .take(n)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// A follower: new records from now on.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<LogRecord>> {
+        self.inner.tx.subscribe()
+    }
+}
+
+/// Writes each record into the hub as one JSON object.
+struct HubDrain {
+    // The hub's lock and channel stay consistent across a panic (nothing panics while
+    // holding them), so the drain may be shared across unwind boundaries.
+    hub: std::panic::AssertUnwindSafe<LogHub>,
+}
+
+/// Collects a record's key-value pairs into a JSON map.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl slog::Serializer for JsonFields<'_> {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+        self.0
+            .entry(key.to_string())
+            .or_insert_with(|| serde_json::Value::String(val.to_string()));
+        Ok(())
+    }
+
+    fn emit_u64(&mut self, key: slog::Key, val: u64) -> slog::Result {
+        self.0.entry(key.to_string()).or_insert(val.into());
+        Ok(())
+    }
+
+    fn emit_i64(&mut self, key: slog::Key, val: i64) -> slog::Result {
+        self.0.entry(key.to_string()).or_insert(val.into());
+        Ok(())
+    }
+
+    fn emit_u32(&mut self, key: slog::Key, val: u32) -> slog::Result {
+        self.emit_u64(key, val.into())
+    }
+
+    fn emit_i32(&mut self, key: slog::Key, val: i32) -> slog::Result {
+        self.emit_i64(key, val.into())
+    }
+
+    fn emit_f64(&mut self, key: slog::Key, val: f64) -> slog::Result {
+        self.0.entry(key.to_string()).or_insert(val.into());
+        Ok(())
+    }
+
+    fn emit_usize(&mut self, key: slog::Key, val: usize) -> slog::Result {
+        self.0.entry(key.to_string()).or_insert((val as u64).into());
+        Ok(())
+    }
+
+    fn emit_bool(&mut self, key: slog::Key, val: bool) -> slog::Result {
+        self.0.entry(key.to_string()).or_insert(val.into());
+        Ok(())
+    }
+}
+
+impl Drain for HubDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
+        let mut map = serde_json::Map::new();
+        map.insert(
+            "ts".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        map.insert("level".into(), level_name(record.level()).into());
+        map.insert("msg".into(), record.msg().to_string().into());
+        // The record's own fields win over the logger's (first written wins).
+        let _ = record.kv().serialize(record, &mut JsonFields(&mut map));
+        let _ = values.serialize(record, &mut JsonFields(&mut map));
+        let bot = map.get("bot").and_then(|v| v.as_str()).map(str::to_owned);
+        let json = serde_json::Value::Object(map).to_string();
+        self.hub.push(LogRecord {
+            level: record.level(),
+            bot,
+            json: Arc::from(json),
+        });
+        Ok(())
+    }
+}
+
+/// Parses a level written in full (`trace` … `critical`).
+pub fn parse_level(s: &str) -> Option<Level> {
+    match s {
+        "trace" => Some(Level::Trace),
+        "debug" => Some(Level::Debug),
+        "info" => Some(Level::Info),
+        "warn" => Some(Level::Warning),
+        "error" => Some(Level::Error),
+        "critical" => Some(Level::Critical),
+        _ => None,
+    }
+}
+
+/// Builds the daemon's root logger writing to `out` and, when given, into `hub`.
+pub fn logger_with_hub<W: Write + Send + 'static>(
+    format: LogFormat,
+    level: LevelSwitch,
+    out: W,
+    hub: Option<LogHub>,
+) -> Logger {
+    let base = logger_to(format, level.clone(), out);
+    match hub {
+        None => base,
+        Some(hub) => {
+            let drain = slog::Duplicate::new(
+                base,
+                Filtered {
+                    inner: HubDrain {
+                        hub: std::panic::AssertUnwindSafe(hub),
+                    },
+                    level,
+                },
+            )
+            .fuse();
+            Logger::root(drain, o!())
+        }
     }
 }
 
@@ -124,6 +344,38 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_hub_keeps_bounded_rings_and_followers_learn_what_they_missed() {
+        let hub = LogHub::new(3, 2, 2);
+        let log = logger_with_hub(
+            LogFormat::Json,
+            LevelSwitch::new(LogLevel::Debug),
+            std::io::sink(),
+            Some(hub.clone()),
+        );
+        let mut follower = hub.follow();
+        for i in 0..5 {
+            info!(log, "Numbered."; "n" => i, "bot" => if i % 2 == 0 { "a" } else { "b" });
+        }
+        debug!(log, "Detail.");
+        let all = hub.tail(None, Level::Trace, 100);
+        assert_eq!(all.len(), 3);
+        assert!(all[2].json.contains("Detail."));
+        let info_only = hub.tail(None, Level::Info, 100);
+        assert_eq!(info_only.len(), 2);
+        let a = hub.tail(Some("a"), Level::Trace, 100);
+        assert_eq!(a.len(), 2, "the per-bot ring holds 2");
+        let v: serde_json::Value = serde_json::from_str(&a[1].json).unwrap();
+        assert_eq!((v["n"].as_u64(), v["bot"].as_str()), (Some(4), Some("a")));
+        assert!(hub.tail(Some("nobody"), Level::Trace, 10).is_empty());
+        // Six records into a follower buffer of two: it lagged by four.
+        match follower.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(n)) => assert_eq!(n, 4),
+            other => panic!("{other:?}"),
+        }
+        assert!(follower.try_recv().is_ok());
     }
 
     #[test]

@@ -72,6 +72,32 @@ const ROUTES: &[Route] = &[
     route("get", "/healthz", None, &[]),
     route("get", "/readyz", None, &[]),
     route("get", "/api/v1/openapi.json", None, &[]),
+    route(
+        "get",
+        "/api/v1/bots/{name}/logs",
+        VIEWER,
+        &["name", "tail", "follow", "level"],
+    ),
+    route(
+        "get",
+        "/api/v1/logs",
+        VIEWER,
+        &["tail", "follow", "level", "bot"],
+    ),
+    route("get", "/metrics", None, &[]),
+];
+
+/// Routes whose success body is not JSON: `(path, content types)`.
+const NON_JSON_SUCCESS: &[(&str, &[&str])] = &[
+    (
+        "/api/v1/bots/{name}/logs",
+        &["application/x-ndjson", "text/event-stream"],
+    ),
+    (
+        "/api/v1/logs",
+        &["application/x-ndjson", "text/event-stream"],
+    ),
+    ("/metrics", &["text/plain"]),
 ];
 
 /// Routes docs/api.md lists that are not built yet: `(method, path)`, `*` for any method,
@@ -85,9 +111,6 @@ const NOT_BUILT_YET: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/pools/{pool}"),
     ("GET", "/api/v1/pools"),
     ("GET", "/api/v1/ws"),
-    ("GET", "/api/v1/logs"),
-    ("GET", "/api/v1/bots/{name}/logs"),
-    ("GET", "/metrics"),
 ];
 
 /// 4xx/5xx answers that docs/api.md gives a body other than the error shape:
@@ -402,6 +425,14 @@ fn success_answers_have_their_bodies() {
                 response.get("content").is_none(),
                 "{what}: a 204 with a body"
             );
+        } else if let Some((_, types)) = NON_JSON_SUCCESS.iter().find(|(p, _)| *p == path) {
+            for t in *types {
+                assert!(
+                    response["content"][*t]["schema"].is_object(),
+                    "{what}: {} has no {t} body",
+                    ok[0]
+                );
+            }
         } else {
             assert!(
                 response["content"]["application/json"]["schema"].is_object(),

@@ -152,7 +152,8 @@ mod tests {
 
     #[test]
     fn conversations_and_models_have_their_own_charsets() {
-        assert!(Conversation::parse("c-42:x.Y_z").is_err());
+        assert!(Conversation::parse("c-42 x").is_err());
+        assert!(Conversation::parse("c-42:x.Y_z").is_ok());
         assert!(Conversation::parse("c-42:x.Y").is_ok());
         assert!(Conversation::parse(&"c".repeat(129)).is_err());
         assert!(ModelName::parse("library/mistral:7b-instruct").is_ok());

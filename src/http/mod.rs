@@ -7,6 +7,7 @@
 pub mod bots;
 pub mod daemon;
 pub mod error;
+pub mod logs;
 pub mod messages;
 pub mod openapi;
 pub mod view;
@@ -32,6 +33,8 @@ pub fn routes(
     let api = warp::path("api").and(warp::path("v1")).and(
         bots::routes(state.clone())
             .or(messages::routes(state.clone()))
+            .unify()
+            .or(logs::routes(state.clone()))
             .unify()
             .or(daemon::api_routes(state.clone()))
             .unify()

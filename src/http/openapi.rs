@@ -55,6 +55,9 @@ pub const BEARER: &str = "bearerAuth";
         ops::restart_bot,
         ops::list_bot_events,
         ops::list_events,
+        ops::bot_logs,
+        ops::logs,
+        ops::metrics,
         ops::send_bot_message,
         ops::list_bot_messages,
         ops::send_pool_message,
@@ -92,6 +95,7 @@ pub const BEARER: &str = "bearerAuth";
         (name = "bots", description = "Bots: create, configure, start, stop, delete."),
         (name = "messages", description = "Messages to bots and pools, and their history."),
         (name = "events", description = "Lifecycle and audit events."),
+        (name = "logs", description = "Live log tails."),
         (name = "daemon", description = "Health, readiness, status and this document."),
     )
 )]
@@ -293,6 +297,37 @@ mod ops {
         /// Only events of this kind (`created`, `updated`, `started`, `stopped`,
         /// `crashed`, `backoff`, `restarted`, `failed`, `deleted`, …).
         kind: Option<String>,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct BotLogsQuery {
+        /// Records of the backlog to send first (0: none).
+        #[param(minimum = 0, maximum = 10000, default = 100)]
+        tail: Option<i64>,
+        /// Keep the answer open and stream new records.
+        #[param(default = false)]
+        follow: Option<bool>,
+        /// The least severe level sent: `trace`, `debug`, `info`, `warn`, `error`, `critical`.
+        #[param(default = "info", pattern = "^(trace|debug|info|warn|error|critical)$")]
+        level: Option<String>,
+    }
+
+    #[derive(IntoParams)]
+    #[into_params(parameter_in = Query)]
+    struct LogsQuery {
+        /// Records of the backlog to send first (0: none).
+        #[param(minimum = 0, maximum = 10000, default = 100)]
+        tail: Option<i64>,
+        /// Keep the answer open and stream new records.
+        #[param(default = false)]
+        follow: Option<bool>,
+        /// The least severe level sent: `trace`, `debug`, `info`, `warn`, `error`, `critical`.
+        #[param(default = "info", pattern = "^(trace|debug|info|warn|error|critical)$")]
+        level: Option<String>,
+        /// Only the records of this bot.
+        #[param(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+        bot: Option<String>,
     }
 
     #[derive(IntoParams)]
@@ -738,6 +773,74 @@ mod ops {
         extensions(("x-botd-role" = json!("viewer"))),
     )]
     fn get_status() {}
+
+    /// Tails a bot's log records.
+    ///
+    /// One JSON record per line (`ts`, `level`, `msg`, `bot` and its fields), oldest
+    /// first; with `follow=true` new records follow. A follower too slow for the stream
+    /// gets `{"missed": N}` in place of the N records it lost. `Accept:
+    /// text/event-stream` gives SSE (`event: log`, `event: missed`).
+    #[utoipa::path(
+        get,
+        path = "/api/v1/bots/{name}/logs",
+        tag = "logs",
+        params(
+            ("name" = String, Path, description = "The bot's name.", pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+            BotLogsQuery,
+        ),
+        responses(
+            (status = 200, description = "Log records.", content(
+                (String = "application/x-ndjson"),
+                (String = "text/event-stream"),
+            )),
+            (status = 400, description = E400_PARAMS, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_VIEWER, body = ErrorBody),
+            (status = 404, description = E404_BOT, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("viewer"))),
+    )]
+    fn bot_logs() {}
+
+    /// Tails the daemon's log records.
+    ///
+    /// As the bot route, over every record (or one bot's with `bot`).
+    #[utoipa::path(
+        get,
+        path = "/api/v1/logs",
+        tag = "logs",
+        params(LogsQuery),
+        responses(
+            (status = 200, description = "Log records.", content(
+                (String = "application/x-ndjson"),
+                (String = "text/event-stream"),
+            )),
+            (status = 400, description = E400_PARAMS, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_VIEWER, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("viewer"))),
+    )]
+    fn logs() {}
+
+    /// Metrics in the Prometheus text format.
+    ///
+    /// No auth: bind it where only scrapers reach.
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        tag = "daemon",
+        responses(
+            (status = 200, description = "The Prometheus text exposition format.", content_type = "text/plain", body = String),
+        ),
+    )]
+    fn metrics() {}
 
     /// Liveness.
     ///

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use botd::app::Daemon;
 use botd::auth::{JwtKeys, Role, TokenKind};
 use botd::config::{Config, LogFormat, LogLevel};
-use botd::telemetry::{logger_to, LevelSwitch};
+use botd::telemetry::{logger_with_hub, LevelSwitch, LogHub};
 use botd_actors::store::testing::TestDb;
 use ollama_sim::Simulator;
 use serde_json::{json, Value};
@@ -101,8 +101,16 @@ impl TestApp {
             .open(&self.log_path)
             .expect("log file");
         let level = LevelSwitch::new(self.config.logging.level);
-        let log = logger_to(self.config.logging.format, level.clone(), file);
-        let daemon = Daemon::start(self.config.clone(), log, level).expect("the daemon starts");
+        let l = &self.config.logging;
+        let hub = LogHub::new(l.ring_records, l.bot_ring_records, l.follow_buffer_records);
+        let log = logger_with_hub(
+            self.config.logging.format,
+            level.clone(),
+            file,
+            Some(hub.clone()),
+        );
+        let daemon =
+            Daemon::start(self.config.clone(), log, level, hub).expect("the daemon starts");
         self.base = format!("http://{}", daemon.addr);
         self.daemon = Some(daemon);
     }

@@ -1,6 +1,8 @@
 //! The Store actor: diesel blocks, so queries run on `SyncArbiter` threads, never on an
 //! async executor. One generic message carries any query function.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use actix::prelude::*;
 
 use super::{Db, DbConn, StoreError};
@@ -29,11 +31,31 @@ impl<R: Send + 'static> Handler<Run<R>> for Store {
     fn handle(&mut self, msg: Run<R>, _: &mut Self::Context) -> Self::Result {
         let started = std::time::Instant::now();
         let mut conn = self.pool.get()?;
-        let result = (msg.0)(&mut conn);
+        // A panic would end this arbiter thread for good (actix does not replace it; on
+        // SQLite it is the only writer), so it becomes this caller's error. A connection
+        // left inside a transaction by the panic is then closed, not reused (`has_broken`).
+        let job = AssertUnwindSafe(|| (msg.0)(&mut conn));
+        let result = catch_unwind(job).unwrap_or_else(|panic| {
+            Err(StoreError::Query(format!(
+                "a store job panicked: {}",
+                panic_text(&*panic)
+            )))
+        });
+        drop(conn);
         crate::metrics::Metrics::get()
             .db_query_duration
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }
 

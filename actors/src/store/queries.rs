@@ -199,11 +199,18 @@ pub fn set_failed(conn: &mut DbConn, name: &str, reason: Option<&str>, now: i64)
     Ok(())
 }
 
-/// Deletes a bot; its history too with `purge_history`. Returns whether it existed.
+/// Deletes a bot; with `purge_history` also its own conversations (in one transaction).
+/// The turns it answered for a pool stay: pool conversations belong to the pool. Purging
+/// works when the row is already gone too. Returns whether the bot's row existed.
 pub fn delete_bot(conn: &mut DbConn, name: &str, purge_history: bool) -> Result<bool> {
     let n = with_conn!(conn, c => c.transaction::<_, diesel::result::Error, _>(|c| {
         if purge_history {
-            diesel::delete(messages::table.filter(messages::bot.eq(name))).execute(c)?;
+            diesel::delete(
+                messages::table
+                    .filter(messages::bot.eq(name))
+                    .filter(messages::pool.is_null()),
+            )
+            .execute(c)?;
         }
         diesel::delete(bots::table.find(name)).execute(c)
     }))?;
@@ -394,11 +401,13 @@ pub fn delete_messages_older_than(
     if batch_size <= 0 {
         return Ok(0);
     }
+    // The subquery reads the same table under another name.
+    let old = diesel::alias!(messages as old_messages);
     Ok(with_conn!(conn, c => {
-        let ids = messages::table
-            .select(messages::id)
-            .filter(messages::created_at.lt(cutoff_ms))
-            .order(messages::id.asc())
+        let ids = old
+            .select(old.field(messages::id))
+            .filter(old.field(messages::created_at).lt(cutoff_ms))
+            .order(old.field(messages::id).asc())
             .limit(batch_size);
         diesel::delete(messages::table.filter(messages::id.eq_any(ids))).execute(c)
     })?)
