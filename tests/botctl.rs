@@ -881,6 +881,172 @@ async fn events_of_all_or_one_bot() {
         .usage_error();
 }
 
+/// A log line as botctl shows it: `2026-11-25T10:00:00.123Z LEVEL …`.
+#[track_caller]
+fn assert_log_line(line: &str) {
+    let (ts, rest) = line.split_at(24.min(line.len()));
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+        "{line}"
+    );
+    let level = rest.split_whitespace().next().unwrap_or("");
+    assert!(
+        ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "CRIT"].contains(&level),
+        "{line}"
+    );
+    assert!(!line.contains('\x1b'), "no colour into a pipe: {line:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_show_records_by_bot_level_and_as_json() {
+    let app = spawn_app().await;
+    app.running_bot("lg-1", json!({})).await;
+    app.running_bot("lg-2", json!({})).await;
+
+    let out = ctl(&app, &app.viewer, &["logs"]).await;
+    let text = out.ok();
+    text.lines().for_each(assert_log_line);
+    let created = text
+        .lines()
+        .find(|l| l.contains("A bot was created.") && l.contains("[lg-1]"))
+        .unwrap_or_else(|| panic!("no created record for lg-1: {text}"));
+    assert!(
+        created.contains(" INFO  [lg-1] A bot was created."),
+        "{created}"
+    );
+    assert!(created.contains(" subject="), "fields follow: {created}");
+    assert!(text.contains("[lg-2] A bot was created."), "{text}");
+
+    // One bot's records only.
+    let out = ctl(&app, &app.viewer, &["logs", "lg-1", "-n", "1000"]).await;
+    let mine = out.ok();
+    assert!(mine.contains("A bot was created."), "{mine}");
+    for l in mine.lines() {
+        assert_log_line(l);
+        assert!(l.contains(" [lg-1] "), "another bot's line: {l}");
+    }
+
+    // --level warn hides info records (there are no warnings yet).
+    let out = ctl(
+        &app,
+        &app.viewer,
+        &["logs", "--level", "warn", "--tail", "10000"],
+    )
+    .await;
+    let warn = out.ok();
+    assert!(!warn.contains("A bot was created."), "{warn}");
+    assert!(warn.lines().all(|l| !l.contains(" INFO ")), "{warn}");
+    // -n 0: no backlog.
+    assert_eq!(ctl(&app, &app.viewer, &["logs", "-n", "0"]).await.ok(), "");
+
+    // --json: the daemon's lines as they came.
+    let out = ctl(
+        &app,
+        &app.viewer,
+        &["logs", "--json", "--level", "debug", "-n", "1000"],
+    )
+    .await;
+    let records: Vec<Value> = out
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(records
+        .iter()
+        .all(|r| r["ts"].is_string() && r["level"].is_string() && r["msg"].is_string()));
+    assert!(records
+        .iter()
+        .any(|r| r["msg"] == "A bot was created." && r["bot"] == "lg-2"));
+
+    ctl(&app, &app.viewer, &["logs", "nobody"])
+        .await
+        .api_error("bot_not_found");
+    ctl(&app, &app.viewer, &["logs", "-n", "10001"])
+        .await
+        .usage_error();
+    ctl(&app, &app.viewer, &["logs", "--level", "loud"])
+        .await
+        .usage_error();
+}
+
+/// Spawns `botctl ARGS` and hands its stdout lines over a channel as they come.
+fn spawn_lines(
+    app: &TestApp,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use std::io::BufRead;
+    let mut child = command(&app.base, Some(&app.viewer), args)
+        .spawn()
+        .expect("botctl starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Reads lines until one satisfies `pred`, or panics after `deadline`.
+async fn line_where(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    deadline: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let until = Instant::now() + deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(l)) if pred(&l) => return l,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("botctl closed stdout before the line came"),
+            Err(_) => panic!("the line never came"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_prints_new_records_until_the_daemon_goes_away() {
+    let mut app = spawn_app().await;
+    let (mut child, mut rx) = spawn_lines(&app, &["logs", "-f"]);
+    // The backlog's first line: botctl is connected and following.
+    line_where(&mut rx, Duration::from_secs(30), |_| true).await;
+    app.running_bot("lg-follow", json!({})).await;
+    let line = line_where(&mut rx, Duration::from_secs(30), |l| {
+        l.contains("A bot was created.") && l.contains("[lg-follow]")
+    })
+    .await;
+    assert_log_line(&line);
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still following"
+    );
+    child.kill().expect("kill botctl");
+    child.wait().expect("botctl ends");
+
+    // A daemon that goes away mid-follow: exit 3 and one line.
+    let (child, mut rx) = spawn_lines(&app, &["logs", "-f", "-n", "1"]);
+    line_where(&mut rx, Duration::from_secs(30), |_| true).await;
+    tokio::task::block_in_place(|| app.stop());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output().expect("botctl runs")),
+    )
+    .await
+    .expect("botctl ends when the daemon goes away")
+    .expect("the blocking task");
+    let out = finish(out);
+    let line = out.fails(3);
+    assert!(line.starts_with("botctl: unreachable: "), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn completions_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
@@ -908,6 +1074,8 @@ async fn an_unreachable_daemon_is_exit_3() {
         &["send", "x", "hi"],
         &["send", "x", "hi", "--stream"],
         &["events"],
+        &["logs"],
+        &["logs", "-f"],
     ] {
         let out = run_at(&url, Some("t"), args, None).await;
         let line = out.fails(3);

@@ -51,8 +51,20 @@ fn spawn(config: &Path) -> Proc {
     let (tx, rx) = std::sync::mpsc::channel();
     {
         let lines = lines.clone();
+        // Under `.ci/run` the child's log also goes where the canary check reads.
+        let mut copy = std::env::var_os("BOTD_TEST_LOG_DIR").map(|d| {
+            std::fs::create_dir_all(&d).expect("the log folder");
+            std::fs::File::create(
+                PathBuf::from(d).join(format!("child-{}.log", rand::random::<u64>())),
+            )
+            .expect("a log file")
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(f) = copy.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if v["msg"] == "botd is listening." {
                         let _ = tx.send(v["addr"].as_str().unwrap_or("").to_owned());

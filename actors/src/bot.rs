@@ -231,6 +231,10 @@ async fn run_task(env: Arc<BotEnv>, job: Job, token: CancellationToken, me: Addr
     let metrics = crate::metrics::Metrics::get();
     match &result {
         Ok(a) => {
+            debug!(env.log, "A message was answered.";
+                "conversation" => a.conversation.as_str(),
+                "duration_ms" => a.timings.total_ms,
+                "model" => a.model.as_str());
             metrics.message("complete");
             metrics.message_duration.observe(a.total_us as f64 / 1e6);
             metrics

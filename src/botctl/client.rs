@@ -305,6 +305,48 @@ impl Client {
         )))
     }
 
+    /// Makes a request whose answer is NDJSON, and calls `on_line` for each line (without
+    /// its `\n` or `\r`, blank lines skipped) until it returns `false` or the body ends.
+    /// `Ok(true)`: the body ended; `Ok(false)`: `on_line` stopped. A connection that
+    /// breaks mid-body is [`CtlError::Unreachable`].
+    pub async fn lines(
+        &self,
+        req: Request,
+        mut on_line: impl FnMut(&str) -> Result<bool, CtlError>,
+    ) -> Result<bool, CtlError> {
+        let timeout = req.timeout;
+        let resp = self
+            .builder(&req, "application/x-ndjson")
+            .send()
+            .await
+            .map_err(|e| self.transport(e, timeout))?;
+        let resp = self.check(resp, timeout).await?;
+        let mut splitter = LineSplitter::default();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            // A body cut short (hyper calls it a decode error: "unexpected EOF during
+            // chunk size line") is a connection that broke, not an unreadable answer.
+            let chunk = chunk.map_err(|e| match self.transport(e, timeout) {
+                CtlError::BadResponse(m) => CtlError::Unreachable(format!(
+                    "the connection to botd at {} broke: {m}",
+                    self.shown_base()
+                )),
+                other => other,
+            })?;
+            for line in splitter.push(&chunk) {
+                if !on_line(&line)? {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some(line) = splitter.finish() {
+            if !on_line(&line)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Passes a 2xx answer through; turns any other into [`CtlError::Api`].
     async fn check(
         &self,
@@ -393,6 +435,39 @@ impl LowerFirst for String {
             Some(c) => c.to_lowercase().chain(chars).collect(),
             None => String::new(),
         }
+    }
+}
+
+/// Splits bytes as they arrive into lines (for NDJSON); blank lines are dropped.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            if let Some(l) = Self::text(&line[..line.len() - 1]) {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    /// The last line, when the body did not end with a newline.
+    pub fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.buf);
+        Self::text(&rest)
+    }
+
+    fn text(line: &[u8]) -> Option<String> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // A line ends at an ASCII newline, so it never splits a UTF-8 character.
+        let text = String::from_utf8_lossy(line);
+        (!text.trim().is_empty()).then(|| text.into_owned())
     }
 }
 
@@ -539,6 +614,23 @@ mod tests {
             true,
         );
         assert_eq!(e.line(), "botctl: mailbox_full: full (retry after 2s)");
+    }
+
+    #[test]
+    fn ndjson_lines_split_anywhere() {
+        let text = "{\"a\":\"é\"}\n\r\n{\"b\":2}\r\n{\"c\":3}";
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            let mut s = LineSplitter::default();
+            let mut got = s.push(&bytes[..cut]);
+            got.extend(s.push(&bytes[cut..]));
+            got.extend(s.finish());
+            assert_eq!(
+                got,
+                ["{\"a\":\"é\"}", "{\"b\":2}", "{\"c\":3}"],
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

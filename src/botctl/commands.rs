@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{error_from_value, Answer, Client, CtlError, Request};
 use super::output::{
-    self, cell, flat, pairs, print, print_flush, print_raw, since, text, time, Table,
+    self, cell, flat, log_line, pairs, print, print_flush, print_raw, since, text, time, Table,
 };
 use super::sse::SseEvent;
 use super::{Cli, Command, SpecArgs};
@@ -77,6 +77,12 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             kind,
             limit,
         } => events(&client, json, name, pool, kind, limit).await,
+        Command::Logs {
+            bot,
+            follow,
+            level,
+            tail,
+        } => logs(&client, json, bot, follow, level, tail).await,
         // Handled before there is a client (it needs no daemon).
         Command::Completions { .. } => Ok(()),
     }
@@ -645,5 +651,51 @@ async fn events(
         ]);
     }
     print(&t.render());
+    Ok(())
+}
+
+/// `logs`: the last records, oldest first, then (with `--follow`) new ones as they come.
+async fn logs(
+    c: &Client,
+    json: bool,
+    bot: Option<String>,
+    follow: bool,
+    level: String,
+    tail: u16,
+) -> Result<(), CtlError> {
+    let path: Vec<&str> = match &bot {
+        // The bot's own route: an unknown bot is 404 `bot_not_found`.
+        Some(n) => vec!["bots", n, "logs"],
+        None => vec!["logs"],
+    };
+    let req = Request::new(Method::GET, &path)
+        .query("tail", Some(tail))
+        .query("follow", Some(follow))
+        .query("level", Some(level))
+        // A follow lasts as long as the operator wants; a tail as long as it takes.
+        .timeout(if follow {
+            None
+        } else {
+            Some(LIFECYCLE_TIMEOUT)
+        });
+    let color = !json && output::color_stdout();
+    let ended = c
+        .lines(req, |line| {
+            let shown = if json {
+                format!("{line}\n")
+            } else {
+                log_line(line, color)
+            };
+            // Stdout went away (`botctl logs -f | head`): stop quietly.
+            Ok(print_flush(&shown))
+        })
+        .await?;
+    if follow && ended {
+        // The daemon never ends a follow on its own: it went away.
+        return Err(CtlError::Unreachable(format!(
+            "botd at {} closed the log stream (it stopped or went away)",
+            c.shown_base()
+        )));
+    }
     Ok(())
 }

@@ -23,13 +23,15 @@
 //!   reached (connection refused, DNS, timeout, a connection that broke).
 //! - The token is never printed (`--help` hides `BOTD_TOKEN`'s value).
 //!
-//! # Later: logs
+//! # Logs
 //!
-//! `botctl logs [BOT] [-f] [--level L] [-n N]` (API.md, "Logs and events": NDJSON from
-//! `GET /api/v1/logs` or `/api/v1/bots/{name}/logs`, `follow=true` streams) is not
-//! written yet. Its place: a `Logs` variant in [`Command`] (marked below), a
-//! `commands::logs` function, and a line-by-line reader next to [`client::Client::stream`]
-//! (the same long-lived GET without a timeout, split on `\n` instead of SSE events).
+//! `botctl logs [BOT] [-f] [--level L] [-n N]` reads API.md's NDJSON ("Logs and events")
+//! from `GET /api/v1/logs` or `/api/v1/bots/{name}/logs` with
+//! [`client::Client::lines`]: one record a line, shown as
+//! `TIMESTAMP LEVEL [bot] msg key=value …` ([`output::log_line`]), coloured by level
+//! only on a terminal without `NO_COLOR`; `--json` prints the lines as they came. A
+//! `{"missed": N}` line becomes a warning line. With `-f` the stream only ends when the
+//! daemon goes away, which is exit 3 like any broken connection.
 
 pub mod client;
 pub mod commands;
@@ -65,6 +67,8 @@ pub const EVENT_KINDS: &[&str] = &[
 const BOT_STATES: &[&str] = &[
     "stopped", "starting", "running", "stopping", "backoff", "failed",
 ];
+/// The log levels of API.md, lowest first.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "critical"];
 const RESTART_POLICIES: &[&str] = &["permanent", "transient", "temporary"];
 
 #[derive(Parser)]
@@ -215,8 +219,21 @@ pub enum Command {
         #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=500))]
         limit: Option<u16>,
     },
-    // Later: `Logs { bot: Option<String>, -f/--follow, --level L, -n/--tail N }`; see the
-    // module documentation, "Later: logs".
+    /// The daemon's log records (or one bot's), oldest first; `-f` keeps following.
+    Logs {
+        /// Only this bot's records.
+        bot: Option<String>,
+        /// Keep the stream open and print new records as they come (until Ctrl-C or the
+        /// daemon goes away).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// The lowest level shown.
+        #[arg(long, value_name = "L", default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(LOG_LEVELS))]
+        level: String,
+        /// How many past records to show first (0..10000).
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u16).range(0..=10_000))]
+        tail: u16,
+    },
     /// Print a shell completion script: `botctl completions bash > /etc/bash_completion.d/botctl`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

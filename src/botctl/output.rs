@@ -159,6 +159,103 @@ pub fn since(v: &Value, key: &str) -> Option<String> {
     Some(duration(secs))
 }
 
+/// Whether to colour what goes to stdout: only on a terminal, and not with `NO_COLOR`
+/// set (to anything but the empty string, as no-color.org says).
+pub fn color_stdout() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+const RESET: &str = "\x1b[0m";
+const DIM: &str = "\x1b[2m";
+
+/// A log level as shown (five wide) and its ANSI colour.
+fn level_style(level: &str) -> (String, &'static str) {
+    let (shown, color) = match level {
+        "trace" => ("TRACE", "\x1b[2m"),
+        "debug" => ("DEBUG", "\x1b[36m"),
+        "info" => ("INFO", "\x1b[32m"),
+        "warn" => ("WARN", "\x1b[33m"),
+        "error" => ("ERROR", "\x1b[31m"),
+        "critical" => ("CRIT", "\x1b[1;31m"),
+        other => return (format!("{:<5}", other.to_uppercase()), "\x1b[35m"),
+    };
+    (format!("{shown:<5}"), color)
+}
+
+/// An RFC 3339 time as `2026-11-25T10:00:00.123Z` (UTC, milliseconds), or as it came.
+pub fn log_time(s: &str) -> String {
+    parse_time(s)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| flat(s))
+}
+
+/// A field's value in `key=value`: plain words bare, other strings quoted as JSON,
+/// anything else as JSON.
+fn field_value(v: &Value) -> String {
+    match v {
+        Value::String(s)
+            if !s.is_empty()
+                && !s
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '=')) =>
+        {
+            s.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One log record on one line: `TIMESTAMP LEVEL [bot] msg key=value …`, the level (and
+/// the time, dimmed) in colour when `color`. A line that is not a JSON object comes back
+/// as it is (on one line).
+pub fn log_line(line: &str, color: bool) -> String {
+    let map = match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(map)) => map,
+        _ => return format!("{}\n", flat(line)),
+    };
+    if let (1, Some(n)) = (map.len(), map.get("missed").and_then(Value::as_u64)) {
+        return missed_line(n, color);
+    }
+    let ts = map
+        .get("ts")
+        .and_then(Value::as_str)
+        .map(log_time)
+        .unwrap_or_else(|| "-".into());
+    let level = map.get("level").and_then(Value::as_str).unwrap_or("-");
+    let (shown, code) = level_style(level);
+    let mut out = if color {
+        format!("{DIM}{ts}{RESET} {code}{shown}{RESET}")
+    } else {
+        format!("{ts} {shown}")
+    };
+    if let Some(bot) = map.get("bot").filter(|b| !b.is_null()) {
+        out.push_str(&format!(" [{}]", flat(&cell(bot))));
+    }
+    let msg = map.get("msg").map(cell).unwrap_or_default();
+    out.push(' ');
+    out.push_str(&flat(&msg));
+    for (k, val) in &map {
+        if matches!(k.as_str(), "ts" | "level" | "msg" | "bot") {
+            continue;
+        }
+        out.push_str(&format!(" {}={}", flat(k), flat(&field_value(val))));
+    }
+    out.push('\n');
+    out
+}
+
+/// The line for `{"missed": N}`: records a slow follower lost.
+pub fn missed_line(n: u64, color: bool) -> String {
+    let what = if n == 1 { "record" } else { "records" };
+    let text = format!("… {n} {what} missed (the follower was too slow)");
+    if color {
+        format!("\x1b[1;33m{text}{RESET}\n")
+    } else {
+        format!("{text}\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +270,35 @@ mod tests {
             t.render(),
             "NAME         STATE    NOTE\na            running  x y\nlonger-name  -\n"
         );
+    }
+
+    #[test]
+    fn log_lines() {
+        let rec = r#"{"ts":"2026-11-25T10:00:00.123456Z","level":"warn","msg":"A bot crashed.","bot":"b1","error":"boom bang","restarts":2,"kind":"panic"}"#;
+        let got = log_line(rec, false);
+        assert!(
+            got.starts_with("2026-11-25T10:00:00.123Z WARN  [b1] A bot crashed. "),
+            "{got}"
+        );
+        assert!(got.contains(" error=\"boom bang\""), "{got}");
+        assert!(got.contains(" restarts=2"), "{got}");
+        assert!(got.contains(" kind=panic"), "{got}");
+        assert!(got.ends_with('\n') && got.lines().count() == 1, "{got}");
+        let colored = log_line(rec, true);
+        assert!(colored.contains("\x1b[33mWARN  \x1b[0m"), "{colored:?}");
+        assert!(!got.contains('\x1b'));
+
+        let no_bot = log_line(
+            r#"{"ts":"2026-11-25T10:00:00Z","level":"critical","msg":"Multi\nline"}"#,
+            false,
+        );
+        assert_eq!(no_bot, "2026-11-25T10:00:00.000Z CRIT  Multi\\nline\n");
+        assert_eq!(
+            log_line(r#"{"missed":12}"#, false),
+            "… 12 records missed (the follower was too slow)\n"
+        );
+        assert_eq!(log_line("not json", false), "not json\n");
+        assert_eq!(log_time("yesterday"), "yesterday");
     }
 
     #[test]

@@ -73,7 +73,16 @@ pub async fn spawn_with(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestApp 
         token(Role::Operator),
         token(Role::Viewer),
     );
-    let log_path = dir.path().join("daemon.log");
+    // Under `.ci/run` every daemon log of the test run lands in one folder, which is then
+    // searched for the canary.
+    let log_path = match std::env::var_os("BOTD_TEST_LOG_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            std::fs::create_dir_all(&d).expect("the log folder");
+            d.join(format!("daemon-{}.log", rand::random::<u64>()))
+        }
+        None => dir.path().join("daemon.log"),
+    };
     let mut app = TestApp {
         daemon: None,
         base: String::new(),
