@@ -285,7 +285,7 @@ mod tests {
         assert!(got.contains(" kind=panic"), "{got}");
         assert!(got.ends_with('\n') && got.lines().count() == 1, "{got}");
         let colored = log_line(rec, true);
-        assert!(colored.contains("\x1b[33mWARN  \x1b[0m"), "{colored:?}");
+        assert!(colored.contains("\x1b[33mWARN \x1b[0m [b1]"), "{colored:?}");
         assert!(!got.contains('\x1b'));
 
         let no_bot = log_line(
