@@ -15,24 +15,6 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-fn send_bg(app: &TestApp, bot: &str, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
-    let (http, url, token) = (
-        app.http.clone(),
-        app.url(&format!("/api/v1/bots/{bot}/messages")),
-        app.operator.clone(),
-    );
-    tokio::spawn(async move {
-        let r = http
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        support::status_json(r).await
-    })
-}
-
 fn last_user_contents(app: &TestApp) -> Vec<String> {
     app.sim
         .chat_requests()
@@ -56,8 +38,7 @@ async fn in_flight_calls_never_exceed_max_concurrent() {
     gate.close();
     let sends: Vec<_> = (0..6)
         .map(|i| {
-            send_bg(
-                &app,
+            app.send_bg(
                 "b",
                 json!({"content": format!("m{i}"), "conversation": format!("c{i}")}),
             )
@@ -65,16 +46,10 @@ async fn in_flight_calls_never_exceed_max_concurrent() {
         .collect();
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 2).await);
     // The other four wait in the pool's queue, not at Ollama.
-    let until = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, st) = app.get("/api/v1/status", &app.viewer).await;
-        if st["llm"]["queued"] == 4 {
-            assert_eq!(st["llm"]["in_flight"], 2);
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{st}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_for_status(WAIT, |st| {
+        st["llm"]["queued"] == 4 && st["llm"]["in_flight"] == 2
+    })
+    .await;
     gate.open();
     for s in sends {
         assert_eq!(s.await.unwrap().0, 200);
@@ -92,19 +67,12 @@ async fn a_full_llm_queue_sheds_with_503_llm_overloaded_and_retry_after() {
     app.running_bot("b", json!({"concurrency": 8})).await;
     let gate = app.sim.gate();
     gate.close();
-    let first = send_bg(&app, "b", json!({"content": "1", "conversation": "a"}));
+    let first = app.send_bg("b", json!({"content": "1", "conversation": "a"}));
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
-    let second = send_bg(&app, "b", json!({"content": "2", "conversation": "b"}));
+    let second = app.send_bg("b", json!({"content": "2", "conversation": "b"}));
     app.wait_for_bot("b", WAIT, |b| b["in_flight"] == 2).await;
-    let until = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, st) = app.get("/api/v1/status", &app.viewer).await;
-        if st["llm"]["queued"] == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{st}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_for_status(WAIT, |st| st["llm"]["queued"] == 1)
+        .await;
     let r = app
         .http
         .post(app.url("/api/v1/bots/b/messages"))
@@ -140,32 +108,17 @@ async fn a_bot_with_a_long_backlog_cannot_starve_another() {
     gate.close();
     let mut backlog = Vec::new();
     for i in 0..200 {
-        backlog.push(send_bg(
-            &app,
+        backlog.push(app.send_bg(
             "a",
             json!({"content": format!("a{i}"), "conversation": format!("c{i}")}),
         ));
     }
     // All of A's calls are in the pool: one at Ollama, 199 queued.
-    let until = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, st) = app.get("/api/v1/status", &app.viewer).await;
-        if st["llm"]["queued"] == 199 {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{st}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let b = send_bg(&app, "b", json!({"content": "b-only"}));
-    let until = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, st) = app.get("/api/v1/status", &app.viewer).await;
-        if st["llm"]["queued"] == 200 {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{st}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_for_status(WAIT, |st| st["llm"]["queued"] == 199)
+        .await;
+    let b = app.send_bg("b", json!({"content": "b-only"}));
+    app.wait_for_status(WAIT, |st| st["llm"]["queued"] == 200)
+        .await;
     gate.open();
     assert_eq!(b.await.unwrap().0, 200);
     for h in backlog {
@@ -249,11 +202,7 @@ async fn a_client_that_disconnects_cancels_its_model_call() {
     app.running_bot("b", json!({})).await;
     let gate = app.sim.gate();
     gate.close();
-    let leaving = send_bg(
-        &app,
-        "b",
-        json!({"content": "leaving", "conversation": "c1"}),
-    );
+    let leaving = app.send_bg("b", json!({"content": "leaving", "conversation": "c1"}));
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     leaving.abort();
     assert!(
@@ -290,19 +239,14 @@ async fn priority_zero_goes_first_and_fifo_within_a_priority() {
     app.running_bot("b", json!({"concurrency": 1})).await;
     let gate = app.sim.gate();
     gate.close();
-    let first = send_bg(
-        &app,
-        "b",
-        json!({"content": "running", "conversation": "r"}),
-    );
+    let first = app.send_bg("b", json!({"content": "running", "conversation": "r"}));
     assert!(app.sim.wait_for(WAIT, |s| s.in_flight() == 1).await);
     let mut handles = Vec::new();
     for (i, (text, prio)) in [("a", 2), ("b", 0), ("c", 2), ("d", 0), ("e", 3), ("f", 1)]
         .iter()
         .enumerate()
     {
-        handles.push(send_bg(
-            &app,
+        handles.push(app.send_bg(
             "b",
             json!({"content": text, "priority": prio, "conversation": format!("q{i}")}),
         ));
@@ -326,8 +270,7 @@ async fn deadlines_answer_504_in_the_queue_without_a_model_call_and_during_one()
     app.running_bot("b", json!({"concurrency": 1})).await;
     let gate = app.sim.gate();
     gate.close();
-    let first = send_bg(
-        &app,
+    let first = app.send_bg(
         "b",
         json!({"content": "slow", "conversation": "a", "timeout_ms": 300}),
     );

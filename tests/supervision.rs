@@ -43,29 +43,17 @@ async fn kinds(app: &TestApp, bot: &str) -> Vec<(String, String)> {
     v
 }
 
-/// Sends in the background; the handle gives (status, body).
+/// Sends `content` in `conversation` in the background.
 fn send_bg(
     app: &TestApp,
     bot: &str,
     content: &str,
     conversation: &str,
 ) -> tokio::task::JoinHandle<(u16, Value)> {
-    let (http, url, token) = (
-        app.http.clone(),
-        app.url(&format!("/api/v1/bots/{bot}/messages")),
-        app.operator.clone(),
-    );
-    let body = json!({"content": content, "conversation": conversation});
-    tokio::spawn(async move {
-        let r = http
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        support::status_json(r).await
-    })
+    app.send_bg(
+        bot,
+        json!({"content": content, "conversation": conversation}),
+    )
 }
 
 #[cfg(feature = "fault-injection")]

@@ -65,6 +65,42 @@ struct Entry {
 }
 
 impl Entry {
+    /// A bot that is not running (yet): its queue refuses messages until it starts.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        spec: BotSpec,
+        managed: bool,
+        desired: DesiredState,
+        state: BotState,
+        last_error: Option<String>,
+        created_at: i64,
+        updated_at: i64,
+        arbiter: usize,
+    ) -> Self {
+        Self {
+            queue: BotQueue::new(spec.mailbox_capacity, spec.concurrency),
+            spec,
+            managed,
+            desired,
+            state,
+            restarts: 0,
+            last_error,
+            started_at: None,
+            created_at,
+            updated_at,
+            addr: None,
+            generation: 0,
+            restart_times: VecDeque::new(),
+            backoff_step: 0,
+            running_since: None,
+            stop_waiters: Vec::new(),
+            start_waiters: Vec::new(),
+            start_after_stop: None,
+            stop_subject: None,
+            arbiter,
+        }
+    }
+
     fn info(&self) -> BotInfo {
         let load = self.queue.load();
         BotInfo {
@@ -471,28 +507,16 @@ impl Handler<RestoreBots> for Registry {
                     let arbiter = act.pick_arbiter();
                     act.bots.insert(
                         name.clone(),
-                        Entry {
-                            queue: BotQueue::new(spec.mailbox_capacity, spec.concurrency),
+                        Entry::new(
                             spec,
-                            managed: row.managed != 0,
+                            row.managed != 0,
                             desired,
-                            state: if failed { BotState::Failed } else { BotState::Stopped },
-                            restarts: 0,
-                            last_error: row.failed_reason.clone(),
-                            started_at: None,
-                            created_at: row.created_at,
-                            updated_at: row.updated_at,
-                            addr: None,
-                            generation: 0,
-                            restart_times: VecDeque::new(),
-                            backoff_step: 0,
-                            running_since: None,
-                            stop_waiters: Vec::new(),
-                            start_waiters: Vec::new(),
-                            start_after_stop: None,
-                            stop_subject: None,
+                            if failed { BotState::Failed } else { BotState::Stopped },
+                            row.failed_reason.clone(),
+                            row.created_at,
+                            row.updated_at,
                             arbiter,
-                        },
+                        ),
                     );
                     if desired == DesiredState::Running && !failed {
                         act.spawn_bot(&name, ctx);
@@ -548,28 +572,16 @@ impl Handler<CreateBot> for Registry {
                     let spec = msg.spec;
                     act.bots.insert(
                         name.clone(),
-                        Entry {
-                            queue: BotQueue::new(spec.mailbox_capacity, spec.concurrency),
+                        Entry::new(
                             spec,
-                            managed: msg.managed,
+                            msg.managed,
                             desired,
-                            state: BotState::Stopped,
-                            restarts: 0,
-                            last_error: None,
-                            started_at: None,
-                            created_at: now,
-                            updated_at: now,
-                            addr: None,
-                            generation: 0,
-                            restart_times: VecDeque::new(),
-                            backoff_step: 0,
-                            running_since: None,
-                            stop_waiters: Vec::new(),
-                            start_waiters: Vec::new(),
-                            start_after_stop: None,
-                            stop_subject: None,
+                            BotState::Stopped,
+                            None,
+                            now,
+                            now,
                             arbiter,
-                        },
+                        ),
                     );
                     act.event(&name, "created", &msg.subject, serde_json::json!({}));
                     info!(act.log, "A bot was created."; "bot" => name.as_str(), "subject" => &msg.subject);

@@ -213,6 +213,41 @@ impl TestApp {
         .await
     }
 
+    /// Sends a message in the background; the handle gives (status, body).
+    pub fn send_bg(&self, bot: &str, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+        let (http, url, token) = (
+            self.http.clone(),
+            self.url(&format!("/api/v1/bots/{bot}/messages")),
+            self.operator.clone(),
+        );
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            status_json(r).await
+        })
+    }
+
+    /// Polls `/api/v1/status` until `pred` holds, or panics after `deadline`.
+    pub async fn wait_for_status(&self, deadline: Duration, pred: impl Fn(&Value) -> bool) {
+        let until = Instant::now() + deadline;
+        loop {
+            let (_, st) = self.get("/api/v1/status", &self.viewer).await;
+            if pred(&st) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the status never got there; last: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Polls a bot until `pred` holds for it, or panics after `deadline`.
     pub async fn wait_for_bot(
         &self,
