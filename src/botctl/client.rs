@@ -247,15 +247,24 @@ impl Client {
         b
     }
 
+    /// Sends a request asking for `accept`; a non-2xx answer becomes its API error.
+    async fn open(
+        &self,
+        req: &Request,
+        accept: &'static str,
+    ) -> Result<reqwest::Response, CtlError> {
+        let resp = self
+            .builder(req, accept)
+            .send()
+            .await
+            .map_err(|e| self.transport(e, req.timeout))?;
+        self.check(resp, req.timeout).await
+    }
+
     /// Makes a request and reads its whole answer.
     pub async fn call(&self, req: Request) -> Result<Answer, CtlError> {
         let timeout = req.timeout;
-        let resp = self
-            .builder(&req, "application/json")
-            .send()
-            .await
-            .map_err(|e| self.transport(e, timeout))?;
-        let resp = self.check(resp, timeout).await?;
+        let resp = self.open(&req, "application/json").await?;
         let bytes = resp.bytes().await.map_err(|e| self.transport(e, timeout))?;
         answer_of(bytes)
     }
@@ -269,12 +278,7 @@ impl Client {
         mut on_event: impl FnMut(SseEvent) -> Result<bool, CtlError>,
     ) -> Result<Option<Answer>, CtlError> {
         let timeout = req.timeout;
-        let resp = self
-            .builder(&req, "text/event-stream")
-            .send()
-            .await
-            .map_err(|e| self.transport(e, timeout))?;
-        let resp = self.check(resp, timeout).await?;
+        let resp = self.open(&req, "text/event-stream").await?;
         let is_sse = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -315,12 +319,7 @@ impl Client {
         mut on_line: impl FnMut(&str) -> Result<bool, CtlError>,
     ) -> Result<bool, CtlError> {
         let timeout = req.timeout;
-        let resp = self
-            .builder(&req, "application/x-ndjson")
-            .send()
-            .await
-            .map_err(|e| self.transport(e, timeout))?;
-        let resp = self.check(resp, timeout).await?;
+        let resp = self.open(&req, "application/x-ndjson").await?;
         let mut splitter = LineSplitter::default();
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
