@@ -275,14 +275,15 @@ async fn build(
         .unwrap_or(2);
     let arbiters: Vec<ArbiterHandle> = (0..threads).map(|_| Arbiter::new().handle()).collect();
     let registry = {
-        let (store, llm, sup, log) = (
+        let (store, llm, sup, pools, log) = (
             store.clone(),
             llm.clone(),
             config.supervisor.clone(),
+            config.pools.clone(),
             log.clone(),
         );
         Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Registry::new(store, llm, sup, arbiters, log)
+            Registry::new(store, llm, sup, arbiters, log).with_pool_settings(pools)
         })
     };
     let registry = RegistryHandle::new(registry);

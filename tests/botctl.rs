@@ -1143,3 +1143,83 @@ async fn help_and_version_exit_0_and_a_missing_command_exits_2() {
         .usage_error();
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn pools_put_list_get_send_history_and_delete() {
+    let app = spawn_app().await;
+    let out = ctl(
+        &app,
+        &app.admin,
+        &[
+            "pools",
+            "put",
+            "team",
+            "--min-bots",
+            "2",
+            "--max-bots",
+            "4",
+            "--system-prompt",
+            "Be brief.",
+            "--concurrency",
+            "2",
+        ],
+    )
+    .await;
+    let shown = out.ok();
+    assert!(
+        shown.contains("team-1 (running), team-2 (running)"),
+        "{shown}"
+    );
+    assert!(shown.contains("Be brief."), "{shown}");
+
+    let pool = ctl(&app, &app.viewer, &["--json", "pools", "get", "team"])
+        .await
+        .json();
+    assert_eq!(pool["max_bots"], 4);
+    assert_eq!(pool["template"]["concurrency"], 2);
+    let listed = ctl(&app, &app.viewer, &["pools", "list"]).await;
+    let table = listed.ok();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("team ") && l.contains(" yes ")),
+        "{table}"
+    );
+
+    let answer = ctl(
+        &app,
+        &app.operator,
+        &["--json", "pools", "send", "team", "hello", "-c", "c1"],
+    )
+    .await
+    .json();
+    assert!(
+        answer["bot"].as_str().unwrap().starts_with("team-"),
+        "{answer}"
+    );
+    let history = ctl(
+        &app,
+        &app.viewer,
+        &["--json", "pools", "history", "team", "-c", "c1"],
+    )
+    .await
+    .json();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 2);
+
+    ctl(&app, &app.operator, &["pools", "delete", "team"])
+        .await
+        .api_error("forbidden");
+    let gone = ctl(&app, &app.admin, &["pools", "delete", "team"]).await;
+    assert_eq!(gone.ok(), "team: deleted with its bots, history kept\n");
+    ctl(&app, &app.viewer, &["pools", "get", "team"])
+        .await
+        .api_error("pool_not_found");
+    ctl(
+        &app,
+        &app.admin,
+        &["pools", "put", "team", "--max-bots", "0"],
+    )
+    .await
+    .usage_error();
+}

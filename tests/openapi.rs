@@ -61,6 +61,10 @@ const ROUTES: &[Route] = &[
         VIEWER,
         &["name", "conversation", "limit", "before"],
     ),
+    route("get", "/api/v1/pools", VIEWER, &[]),
+    route("get", "/api/v1/pools/{pool}", VIEWER, &["pool"]),
+    route("put", "/api/v1/pools/{pool}", ADMIN, &["pool"]),
+    route("delete", "/api/v1/pools/{pool}", ADMIN, &["pool"]),
     route("post", "/api/v1/pools/{pool}/messages", OPERATOR, &["pool"]),
     route(
         "get",
@@ -106,10 +110,6 @@ const NON_JSON_SUCCESS: &[(&str, &[&str])] = &[
 const NOT_BUILT_YET: &[(&str, &str)] = &[
     ("*", "/api/v1/auth/*"),
     ("*", "/api/v1/users*"),
-    ("PUT", "/api/v1/pools/{pool}"),
-    ("GET", "/api/v1/pools/{pool}"),
-    ("DELETE", "/api/v1/pools/{pool}"),
-    ("GET", "/api/v1/pools"),
     ("GET", "/api/v1/ws"),
 ];
 

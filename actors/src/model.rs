@@ -173,6 +173,69 @@ pub struct BotInfo {
     pub updated_at: i64,
 }
 
+/// What a pool's managed bots are made from: a bot spec without name and pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotTemplate {
+    pub model: ModelName,
+    pub system_prompt: Option<String>,
+    pub restart: RestartPolicy,
+    pub concurrency: u32,
+    pub mailbox_capacity: u32,
+    pub context_messages: u32,
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BotTemplate {
+    /// The spec of bot `name` made from this template.
+    pub fn spec(&self, name: BotName, pool: Option<PoolName>) -> BotSpec {
+        BotSpec {
+            name,
+            model: self.model.clone(),
+            system_prompt: self.system_prompt.clone(),
+            pool,
+            restart: self.restart,
+            concurrency: self.concurrency,
+            mailbox_capacity: self.mailbox_capacity,
+            context_messages: self.context_messages,
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// A managed pool's spec, as `PUT /api/v1/pools/{pool}` sets it. Validated before it
+/// reaches the engine (`min_bots <= max_bots`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolSpec {
+    pub name: PoolName,
+    pub template: BotTemplate,
+    pub min_bots: u32,
+    pub max_bots: u32,
+    /// Scale up when the members' average queued messages reach this.
+    pub scale_up_queue_depth: u32,
+    /// Scale down a member that had nothing queued or running this long.
+    pub scale_down_idle_secs: u64,
+}
+
+/// One bot of a pool, as the pool shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolMember {
+    pub name: BotName,
+    pub state: BotState,
+    /// Made by the pool (named `{pool}-{n}`), not a bot that names the pool itself.
+    pub managed: bool,
+}
+
+/// A pool as the API shows it: its spec (none for a pool that only exists because bots
+/// name it) and its members, sorted by name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolInfo {
+    pub name: PoolName,
+    pub spec: Option<PoolSpec>,
+    pub bots: Vec<PoolMember>,
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+}
+
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -47,9 +47,25 @@ fn check_charset(kind: &str, s: &str, max: usize, extra: &[u8]) -> Result<(), Na
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, |$s:ident| $check:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-        #[serde(transparent)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
 
         impl $name {
             pub fn parse($s: &str) -> Result<Self, NameError> {

@@ -255,6 +255,17 @@ impl BotQueue {
     pub fn handled(&self) -> u64 {
         self.handled.load(Ordering::Relaxed)
     }
+
+    /// Whether a turn of this conversation is waiting or running here: a pool sends the
+    /// conversation's next turns to the same bot, so that they stay in order.
+    pub fn has_conversation(&self, conversation: &str) -> bool {
+        let inner = self.lock();
+        inner.busy_conversations.contains(conversation)
+            || inner
+                .waiting
+                .values()
+                .any(|j| j.msg.conversation.as_str() == conversation)
+    }
 }
 
 #[cfg(test)]

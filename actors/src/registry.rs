@@ -18,13 +18,18 @@ use crate::bot::{answer_unprocessed_in, Bot, BotEnv, BotExited, Drain, Exit, Pok
 use crate::llm::pool::LlmService;
 use crate::model::{
     now_ms, Answer, BotInfo, BotPatch, BotSpec, BotState, DesiredState, EngineError, Inbound,
-    RestartPolicy, Target,
+    PoolInfo, RestartPolicy, Target,
 };
 use crate::names::{BotName, ModelName, PoolName};
 use crate::queue::{Admission, BotQueue};
-use crate::settings::SupervisorSettings;
+use crate::settings::{PoolSettings, SupervisorSettings};
 use crate::store::queries::{self, BotRow, NewEvent};
 use crate::store::StoreHandle;
+
+mod pools;
+
+use pools::PoolEntry;
+pub use pools::{DeletePool, GetPool, ListPools, PutPool};
 
 /// Who made a change: a token subject, `supervisor` or `autoscaler`.
 pub type Subject = String;
@@ -62,6 +67,12 @@ struct Entry {
     /// Who asked for the stop under way, for its event.
     stop_subject: Option<Subject>,
     arbiter: usize,
+    /// Since when it had nothing queued or running, as the autoscaler last saw it.
+    idle_since: Instant,
+    /// `messages_handled` at the autoscaler's last check.
+    last_handled: u64,
+    /// Being scaled down: deleted once it has stopped.
+    retiring: bool,
 }
 
 impl Entry {
@@ -98,6 +109,9 @@ impl Entry {
             start_after_stop: None,
             stop_subject: None,
             arbiter,
+            idle_since: Instant::now(),
+            last_handled: 0,
+            retiring: false,
         }
     }
 
@@ -123,6 +137,9 @@ impl Entry {
 /// The Registry actor.
 pub struct Registry {
     bots: BTreeMap<BotName, Entry>,
+    /// The pools created with `PUT`.
+    pools: BTreeMap<PoolName, PoolEntry>,
+    pool_settings: PoolSettings,
     store: StoreHandle,
     llm: LlmService,
     settings: SupervisorSettings,
@@ -189,6 +206,8 @@ impl Registry {
     ) -> Self {
         Self {
             bots: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            pool_settings: PoolSettings::default(),
             store,
             llm,
             settings,
@@ -197,6 +216,12 @@ impl Registry {
             log,
             shutting_down: false,
         }
+    }
+
+    /// How often pools are checked and how often they may scale up.
+    pub fn with_pool_settings(mut self, settings: PoolSettings) -> Self {
+        self.pool_settings = settings;
+        self
     }
 
     fn event(&self, bot: &BotName, kind: &str, subject: &str, detail: serde_json::Value) {
@@ -463,6 +488,11 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_millis(self.pool_settings.check_interval_ms);
+        ctx.run_interval(every, |act, ctx| act.autoscale(ctx));
+    }
 }
 
 /// Loads every bot from the database and starts those whose desired state is running and
@@ -481,13 +511,23 @@ impl Handler<RestoreBots> for Registry {
                 store
                     .write_ordered(|c| {
                         queries::fail_pending(c, "internal")?;
-                        queries::list_bots(c)
+                        Ok((queries::list_bots(c)?, queries::list_pools(c)?))
                     })
                     .await
             }
             .into_actor(self)
             .map(|rows, act, ctx| {
-                let rows = rows?;
+                let (rows, pools) = rows?;
+                for row in pools {
+                    match PoolEntry::from_row(&row) {
+                        Ok(p) => {
+                            act.pools.insert(p.spec.name.clone(), p);
+                        }
+                        Err(e) => {
+                            warn!(act.log, "A pool in the database cannot be loaded."; "pool" => &row.name, "error" => e);
+                        }
+                    }
+                }
                 let mut started = 0;
                 for row in rows {
                     let spec = match spec_from_row(&row) {
@@ -523,7 +563,7 @@ impl Handler<RestoreBots> for Registry {
                         started += 1;
                     }
                 }
-                info!(act.log, "Bots restored from the database."; "bots" => act.bots.len(), "running" => started);
+                info!(act.log, "Bots restored from the database."; "bots" => act.bots.len(), "running" => started, "pools" => act.pools.len());
                 Ok(started)
             }),
         ))
@@ -888,6 +928,9 @@ impl Handler<BotExited> for Registry {
                         self.event(&msg.name, "stopped", &by, serde_json::json!({}));
                     }
                     self.answer_waiters(&msg.name);
+                    if !self.shutting_down && self.bots.get(&msg.name).is_some_and(|e| e.retiring) {
+                        self.delete_retired(msg.name, ctx);
+                    }
                 }
             }
             return;
@@ -958,24 +1001,11 @@ impl Handler<SendMessage> for Registry {
             // Blocks the Registry's thread: a hung actor system, for the watchdog test.
             std::thread::sleep(Duration::from_secs(30));
         }
-        let entry = match &msg.target {
-            Target::Bot(name) => self.bots.get(name).ok_or_else(|| Self::not_found(name))?,
-            Target::Pool(pool) => {
-                let mut members = self
-                    .bots
-                    .values()
-                    .filter(|e| e.spec.pool.as_ref() == Some(pool))
-                    .peekable();
-                if members.peek().is_none() {
-                    return Err(EngineError::PoolNotFound(pool.to_string()));
-                }
-                members
-                    .filter(|e| e.state == BotState::Running)
-                    .min_by_key(|e| e.queue.load().total())
-                    .ok_or_else(|| EngineError::NoBotAvailable(pool.to_string()))?
-            }
+        let name = match &msg.target {
+            Target::Bot(name) => name.clone(),
+            Target::Pool(pool) => self.pick_member(pool, msg.conversation.as_str())?,
         };
-        let name = entry.spec.name.clone();
+        let entry = self.bots.get(&name).ok_or_else(|| Self::not_found(&name))?;
         let (tx, rx) = oneshot::channel();
         let deadline = msg.deadline;
         let cancel = msg.cancel.clone();
@@ -1240,6 +1270,25 @@ impl RegistryHandle {
 
     pub async fn send(&self, msg: Inbound) -> Result<Ticket, EngineError> {
         self.addr.send(SendMessage(msg)).await.or_else(gone)?
+    }
+
+    pub async fn put_pool(&self, msg: PutPool) -> Result<PoolInfo, EngineError> {
+        self.addr.send(msg).await.or_else(gone)?
+    }
+
+    pub async fn get_pool(&self, name: PoolName) -> Result<PoolInfo, EngineError> {
+        self.addr.send(GetPool { name }).await.or_else(gone)?
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<PoolInfo>, EngineError> {
+        self.addr.send(ListPools).await.or_else(gone)
+    }
+
+    pub async fn delete_pool(&self, name: PoolName, subject: Subject) -> Result<(), EngineError> {
+        self.addr
+            .send(DeletePool { name, subject })
+            .await
+            .or_else(gone)?
     }
 
     pub async fn ping(&self) -> bool {

@@ -11,7 +11,7 @@ use super::output::{
     self, cell, flat, log_line, pairs, print, print_flush, print_raw, since, text, time, Table,
 };
 use super::sse::SseEvent;
-use super::{Cli, Command, SpecArgs};
+use super::{Cli, Command, SpecArgs, TemplateArgs};
 
 /// The order `status` names bot states in: the ones that work first.
 const STATUS_ORDER: &[&str] = &[
@@ -20,9 +20,9 @@ const STATUS_ORDER: &[&str] = &[
 
 /// How long a lifecycle call (create, delete, start, restart) may take: the daemon
 /// answers when the bot has reached its state.
-const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Slack over a caller's own `--timeout-ms` before botctl gives up on the daemon.
-const SLACK: Duration = Duration::from_secs(30);
+pub(super) const SLACK: Duration = Duration::from_secs(30);
 
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let token = cli.token.filter(|t| !t.is_empty());
@@ -60,9 +60,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             put(&mut body, "timeout_ms", timeout_ms.map(Value::from));
             let timeout = timeout_ms.map(|ms| Duration::from_millis(ms.into()) + SLACK);
             if stream {
-                send_stream(&client, json, &name, body, timeout).await
+                send_stream(&client, json, "bots", &name, body, timeout).await
             } else {
-                send(&client, json, &name, body, timeout).await
+                send(&client, json, "bots", &name, body, timeout).await
             }
         }
         Command::History {
@@ -70,7 +70,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             conversation,
             limit,
             before,
-        } => history(&client, json, &name, conversation, limit, before).await,
+        } => history(&client, json, "bots", &name, conversation, limit, before).await,
         Command::Events {
             name,
             pool,
@@ -83,20 +83,21 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             level,
             tail,
         } => logs(&client, json, bot, follow, level, tail).await,
+        Command::Pools { command } => super::pools::run(&client, json, command).await,
         // Handled before there is a client (it needs no daemon).
         Command::Completions { .. } => Ok(()),
     }
 }
 
 /// Sets `key` in a JSON object when there is a value.
-fn put(body: &mut Value, key: &str, v: Option<Value>) {
+pub(super) fn put(body: &mut Value, key: &str, v: Option<Value>) {
     if let (Some(map), Some(v)) = (body.as_object_mut(), v) {
         map.insert(key.to_owned(), v);
     }
 }
 
 /// `TEXT`, or stdin for `-` (without its final newline).
-fn message_text(text: String) -> Result<String, CtlError> {
+pub(super) fn message_text(text: String) -> Result<String, CtlError> {
     if text != "-" {
         return Ok(text);
     }
@@ -293,7 +294,7 @@ async fn get(c: &Client, json: bool, name: &str) -> Result<(), CtlError> {
     show_bot(&a, json)
 }
 
-fn options_of(spec: &SpecArgs) -> Option<Value> {
+fn options_of(spec: &TemplateArgs) -> Option<Value> {
     if spec.option.is_empty() {
         return None;
     }
@@ -302,7 +303,7 @@ fn options_of(spec: &SpecArgs) -> Option<Value> {
 }
 
 /// The spec fields both `create` and `edit` send as they are.
-fn common_fields(body: &mut Value, spec: &SpecArgs) {
+pub(super) fn common_fields(body: &mut Value, spec: &TemplateArgs) {
     put(body, "model", spec.model.clone().map(Value::from));
     put(body, "restart", spec.restart.clone().map(Value::from));
     put(body, "concurrency", spec.concurrency.map(Value::from));
@@ -327,11 +328,12 @@ async fn create(
     start: bool,
 ) -> Result<(), CtlError> {
     let mut body = json!({ "name": name });
-    common_fields(&mut body, &spec);
+    common_fields(&mut body, &spec.template);
     put(
         &mut body,
         "system_prompt",
-        spec.system_prompt
+        spec.template
+            .system_prompt
             .filter(|s| !s.is_empty())
             .map(Value::from),
     );
@@ -358,11 +360,11 @@ async fn edit(
     no_options: bool,
 ) -> Result<(), CtlError> {
     let mut body = json!({});
-    common_fields(&mut body, &spec);
+    common_fields(&mut body, &spec.template);
     put(
         &mut body,
         "system_prompt",
-        spec.system_prompt.map(|s| {
+        spec.template.system_prompt.map(|s| {
             if s.is_empty() {
                 Value::Null
             } else {
@@ -451,16 +453,17 @@ fn reply_line(answer: &Value) -> String {
     s
 }
 
-async fn send(
+pub(super) async fn send(
     c: &Client,
     json: bool,
+    kind: &str,
     name: &str,
     body: Value,
     timeout: Option<Duration>,
 ) -> Result<(), CtlError> {
     let a = c
         .call(
-            Request::new(Method::POST, &["bots", name, "messages"])
+            Request::new(Method::POST, &[kind, name, "messages"])
                 .body(body)
                 .timeout(timeout),
         )
@@ -475,15 +478,16 @@ async fn send(
 
 /// `send --stream`: tokens as they arrive, then the end of the line. With `--json`, one
 /// `{"event", "data"}` object per event.
-async fn send_stream(
+pub(super) async fn send_stream(
     c: &Client,
     json: bool,
+    kind: &str,
     name: &str,
     mut body: Value,
     timeout: Option<Duration>,
 ) -> Result<(), CtlError> {
     put(&mut body, "stream", Some(Value::Bool(true)));
-    let req = Request::new(Method::POST, &["bots", name, "messages"])
+    let req = Request::new(Method::POST, &[kind, name, "messages"])
         .body(body)
         .timeout(timeout);
     let mut printed = String::new();
@@ -552,9 +556,10 @@ fn stream_error(data: &Value) -> CtlError {
     })
 }
 
-async fn history(
+pub(super) async fn history(
     c: &Client,
     json: bool,
+    kind: &str,
     name: &str,
     conversation: Option<String>,
     limit: Option<u16>,
@@ -562,7 +567,7 @@ async fn history(
 ) -> Result<(), CtlError> {
     let a = c
         .call(
-            Request::new(Method::GET, &["bots", name, "messages"])
+            Request::new(Method::GET, &[kind, name, "messages"])
                 .query("conversation", conversation)
                 .query("limit", limit)
                 .query("before", before),
@@ -596,7 +601,14 @@ async fn history(
     }
     let mut out = t.render();
     if let Some(next) = v["next_before"].as_str() {
-        out.push_str(&format!("(older: botctl history {name} --before {next})\n"));
+        let command = if kind == "pools" {
+            "pools history"
+        } else {
+            "history"
+        };
+        out.push_str(&format!(
+            "(older: botctl {command} {name} --before {next})\n"
+        ));
     }
     print(&out);
     Ok(())

@@ -36,6 +36,7 @@
 pub mod client;
 pub mod commands;
 pub mod output;
+pub mod pools;
 pub mod sse;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -234,6 +235,11 @@ pub enum Command {
         #[arg(long, short = 'n', value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u16).range(0..=10_000))]
         tail: u16,
     },
+    /// Managed pools: list, show, create or change, delete; messages and history.
+    Pools {
+        #[command(subcommand)]
+        command: pools::PoolCommand,
+    },
     /// Print a shell completion script: `botctl completions bash > /etc/bash_completion.d/botctl`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -244,15 +250,22 @@ pub enum Command {
 /// The spec flags of `create` and `edit`.
 #[derive(Args)]
 pub struct SpecArgs {
+    #[command(flatten)]
+    pub template: TemplateArgs,
+    /// The pool whose routing the bot takes part in.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+}
+
+/// The spec flags a bot and a pool's template share.
+#[derive(Args)]
+pub struct TemplateArgs {
     /// The model (default: the daemon's `llm.default_model`).
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
     /// The system prompt; `''` means none (on `edit`: clears it).
     #[arg(long, value_name = "TEXT")]
     pub system_prompt: Option<String>,
-    /// The pool whose routing the bot takes part in.
-    #[arg(long, value_name = "POOL")]
-    pub pool: Option<String>,
     /// When the supervisor restarts it.
     #[arg(long, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(RESTART_POLICIES))]
     pub restart: Option<String>,

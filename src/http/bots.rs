@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use botd_actors::model::{BotPatch, BotSpec, BotState, RestartPolicy};
+use botd_actors::model::{BotPatch, BotSpec, BotState, BotTemplate, RestartPolicy};
 use botd_actors::names::{BotName, ModelName, PoolName};
 use botd_actors::registry::CreateBot;
 use botd_actors::settings::check_range;
@@ -75,11 +75,11 @@ pub struct StopRequest {
     pub timeout_ms: Option<i64>,
 }
 
-fn field<T>(key: &str, r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
+pub fn field<T>(key: &str, r: Result<T, impl std::fmt::Display>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::invalid_field(format!("{key}: {e}")))
 }
 
-fn ranged(key: &str, v: i64, lo: i64, hi: i64) -> Result<u32, ApiError> {
+pub fn ranged(key: &str, v: i64, lo: i64, hi: i64) -> Result<u32, ApiError> {
     check_range(key, v, lo, hi).map_err(|e| ApiError::invalid_field(e.to_string()))?;
     Ok(v as u32)
 }
@@ -123,11 +123,27 @@ pub fn bot_name(s: &str) -> Result<BotName, ApiError> {
     field("name", BotName::parse(s))
 }
 
-impl CreateBotRequest {
-    fn into_spec(self, state: &AppState) -> Result<(BotSpec, bool), ApiError> {
+/// A bot spec's fields other than `name` and `pool`: what a bot and a pool's template
+/// share. Absent fields take the configured defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRequest {
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    /// `permanent` (default), `transient` or `temporary`.
+    pub restart: Option<String>,
+    pub concurrency: Option<i64>,
+    pub mailbox_capacity: Option<i64>,
+    pub context_messages: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    pub options: Option<serde_json::Value>,
+}
+
+impl TemplateRequest {
+    /// Validates every field (the error names it) and fills in the defaults.
+    pub fn into_template(self, state: &AppState) -> Result<BotTemplate, ApiError> {
         let d = &state.config.bots;
-        let spec = BotSpec {
-            name: bot_name(&self.name)?,
+        Ok(BotTemplate {
             model: field(
                 "model",
                 ModelName::parse(
@@ -139,10 +155,6 @@ impl CreateBotRequest {
             system_prompt: self
                 .system_prompt
                 .map(|s| parse_prompt(state, s))
-                .transpose()?,
-            pool: self
-                .pool
-                .map(|p| field("pool", PoolName::parse(&p)))
                 .transpose()?,
             restart: self
                 .restart
@@ -167,8 +179,28 @@ impl CreateBotRequest {
                 .map(parse_options)
                 .transpose()?
                 .unwrap_or_default(),
-        };
-        Ok((spec, self.autostart.unwrap_or(false)))
+        })
+    }
+}
+
+impl CreateBotRequest {
+    fn into_spec(self, state: &AppState) -> Result<(BotSpec, bool), ApiError> {
+        let name = bot_name(&self.name)?;
+        let pool = self
+            .pool
+            .map(|p| field("pool", PoolName::parse(&p)))
+            .transpose()?;
+        let template = TemplateRequest {
+            model: self.model,
+            system_prompt: self.system_prompt,
+            restart: self.restart,
+            concurrency: self.concurrency,
+            mailbox_capacity: self.mailbox_capacity,
+            context_messages: self.context_messages,
+            options: self.options,
+        }
+        .into_template(state)?;
+        Ok((template.spec(name, pool), self.autostart.unwrap_or(false)))
     }
 }
 
@@ -229,7 +261,7 @@ pub fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
     }
 }
 
-fn bool_param(q: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> {
+pub fn bool_param(q: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> {
     match q.get(key).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -352,7 +384,7 @@ pub fn routes(
 
 /// Refuses a model the model server says it does not have. When the server cannot be
 /// asked (down, slow), the bot is accepted and the first message will tell.
-async fn check_model(state: &AppState, model: &ModelName) -> Result<(), ApiError> {
+pub async fn check_model(state: &AppState, model: &ModelName) -> Result<(), ApiError> {
     let ask = state.llm.client().model_exists(model.as_str());
     match tokio::time::timeout(Duration::from_secs(2), ask).await {
         Ok(Ok(false)) => Err(ApiError::invalid_field(format!(

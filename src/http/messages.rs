@@ -93,7 +93,7 @@ impl SendRequest {
     }
 }
 
-fn pool_name(s: &str) -> Result<PoolName, ApiError> {
+pub fn pool_name(s: &str) -> Result<PoolName, ApiError> {
     PoolName::parse(s).map_err(|e| ApiError::invalid_field(format!("pool: {e}")))
 }
 
@@ -175,14 +175,12 @@ pub fn routes(
                 respond(
                     async {
                         let pool = pool_name(&name)?;
-                        let members = state.registry.list(Some(pool.clone()), None).await?;
+                        let missing = state.registry.get_pool(pool.clone()).await.err();
                         history(
                             &state,
                             MessageScope::Pool(pool.as_str().to_owned()),
                             &q,
-                            members
-                                .is_empty()
-                                .then(|| EngineError::PoolNotFound(pool.to_string())),
+                            missing,
                         )
                         .await
                     }

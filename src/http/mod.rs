@@ -10,6 +10,7 @@ pub mod error;
 pub mod logs;
 pub mod messages;
 pub mod openapi;
+pub mod pools;
 pub mod view;
 
 use std::convert::Infallible;
@@ -33,6 +34,8 @@ pub fn routes(
     let api = warp::path("api").and(warp::path("v1")).and(
         bots::routes(state.clone())
             .or(messages::routes(state.clone()))
+            .unify()
+            .or(pools::routes(state.clone()))
             .unify()
             .or(logs::routes(state.clone()))
             .unify()

@@ -21,12 +21,14 @@ use utoipa::{Modify, OpenApi};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::bots::{CreateBotRequest, PatchBotRequest, StopRequest};
+use super::bots::{CreateBotRequest, PatchBotRequest, StopRequest, TemplateRequest};
 use super::daemon::{Health, LlmStatus, Ready, ReadyChecks, Status};
 use super::messages::SendRequest;
+use super::pools::PutPoolRequest;
 use super::view::{
     AnswerView, BotList, BotView, ErrorBody, ErrorInner, EventList, EventView, MessageList,
-    MessageView, ReplyView, TimingsView, UsageView,
+    MessageView, PoolList, PoolMemberView, PoolView, ReplyView, TemplateView, TimingsView,
+    UsageView,
 };
 
 /// The name of the bearer security scheme (the `security(...)` of each declaration in
@@ -62,6 +64,10 @@ pub const BEARER: &str = "bearerAuth";
         ops::list_bot_messages,
         ops::send_pool_message,
         ops::list_pool_messages,
+        ops::list_pools,
+        ops::get_pool,
+        ops::put_pool,
+        ops::delete_pool,
         ops::get_status,
         ops::healthz,
         ops::readyz,
@@ -69,6 +75,12 @@ pub const BEARER: &str = "bearerAuth";
     ),
     components(schemas(
         CreateBotRequest,
+        TemplateRequest,
+        PutPoolRequest,
+        PoolView,
+        PoolList,
+        PoolMemberView,
+        TemplateView,
         PatchBotRequest,
         StopRequest,
         SendRequest,
@@ -93,6 +105,7 @@ pub const BEARER: &str = "bearerAuth";
     modifiers(&SecurityAddon, &CommonHeaders, &OptionalBodies),
     tags(
         (name = "bots", description = "Bots: create, configure, start, stop, delete."),
+        (name = "pools", description = "Managed pools: a template, bounds and autoscaling."),
         (name = "messages", description = "Messages to bots and pools, and their history."),
         (name = "events", description = "Lifecycle and audit events."),
         (name = "logs", description = "Live log tails."),
@@ -240,7 +253,10 @@ mod ops {
     use crate::http::bots::{CreateBotRequest, PatchBotRequest, StopRequest};
     use crate::http::daemon::{Health, Ready, Status};
     use crate::http::messages::SendRequest;
-    use crate::http::view::{AnswerView, BotList, BotView, ErrorBody, EventList, MessageList};
+    use crate::http::pools::PutPoolRequest;
+    use crate::http::view::{
+        AnswerView, BotList, BotView, ErrorBody, EventList, MessageList, PoolList, PoolView,
+    };
 
     const E400: &str = "`invalid_json` (the body is not JSON) or `invalid_field` (the message \
         names the field or parameter and the rule).";
@@ -746,7 +762,7 @@ mod ops {
             (status = 400, description = E400_PARAMS, body = ErrorBody),
             (status = 401, description = E401, body = ErrorBody),
             (status = 403, description = E403_VIEWER, body = ErrorBody),
-            (status = 404, description = "`pool_not_found`: no bot names this pool and it has no history.", body = ErrorBody),
+            (status = 404, description = "`pool_not_found`: no such pool (created, or named by a bot) and it has no history.", body = ErrorBody),
             (status = 429, description = E429, body = ErrorBody),
             (status = 500, description = E500, body = ErrorBody),
             (status = 503, description = E503_STORE, body = ErrorBody),
@@ -755,6 +771,107 @@ mod ops {
         extensions(("x-botd-role" = json!("viewer"))),
     )]
     fn list_pool_messages() {}
+
+    /// Lists the pools.
+    ///
+    /// Managed pools (created with `PUT`) and pools that only exist because bots name
+    /// them (`managed: false`), sorted by name, each with its bots.
+    #[utoipa::path(
+        get,
+        path = "/api/v1/pools",
+        tag = "pools",
+        responses(
+            (status = 200, description = "The pools, sorted by name.", body = PoolList),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_VIEWER, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("viewer"))),
+    )]
+    fn list_pools() {}
+
+    /// Reads a pool.
+    ///
+    /// Its spec (null settings for a pool that bots merely name) and its bots' names and
+    /// states.
+    #[utoipa::path(
+        get,
+        path = "/api/v1/pools/{pool}",
+        tag = "pools",
+        params(
+            ("pool" = String, Path, description = "The pool's name.", pattern = r"^[a-z0-9][a-z0-9_-]{0,55}$"),
+        ),
+        responses(
+            (status = 200, description = "The pool.", body = PoolView),
+            (status = 400, description = E400_PARAMS, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_VIEWER, body = ErrorBody),
+            (status = 404, description = "`pool_not_found`.", body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("viewer"))),
+    )]
+    fn get_pool() {}
+
+    /// Creates or replaces a managed pool.
+    ///
+    /// A new pool's first `min_bots` bots (`{pool}-{n}`) are created and started before
+    /// the answer. Existing members take a changed template from their next start;
+    /// members over a lowered `max_bots` are scaled down.
+    #[utoipa::path(
+        put,
+        path = "/api/v1/pools/{pool}",
+        tag = "pools",
+        params(
+            ("pool" = String, Path, description = "The pool's name.", pattern = r"^[a-z0-9][a-z0-9_-]{0,55}$"),
+        ),
+        request_body = PutPoolRequest,
+        responses(
+            (status = 200, description = "The pool, saved.", body = PoolView),
+            (status = 400, description = E400, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_ADMIN, body = ErrorBody),
+            (status = 413, description = E413, body = ErrorBody),
+            (status = 415, description = E415, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("admin"))),
+    )]
+    fn put_pool() {}
+
+    /// Deletes a managed pool.
+    ///
+    /// Its bots are stopped and deleted (their history is kept); bots that name the pool
+    /// themselves are left alone.
+    #[utoipa::path(
+        delete,
+        path = "/api/v1/pools/{pool}",
+        tag = "pools",
+        params(
+            ("pool" = String, Path, description = "The pool's name.", pattern = r"^[a-z0-9][a-z0-9_-]{0,55}$"),
+        ),
+        responses(
+            (status = 204, description = "The pool and its bots are deleted."),
+            (status = 400, description = E400_PARAMS, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_ADMIN, body = ErrorBody),
+            (status = 404, description = "`pool_not_found`.", body = ErrorBody),
+            (status = 409, description = "`conflict`: the pool was not created with `PUT`; its bots name it themselves.", body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("admin"))),
+    )]
+    fn delete_pool() {}
 
     /// Reads the daemon's status.
     ///

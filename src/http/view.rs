@@ -1,6 +1,6 @@
 //! What the API answers with: the JSON shapes of API.md, built from engine and store rows.
 
-use botd_actors::model::{Answer, BotInfo};
+use botd_actors::model::{Answer, BotInfo, BotTemplate, PoolInfo};
 use botd_actors::store::queries::{EventRow, MessageRow};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -239,4 +239,90 @@ pub struct ErrorInner {
     pub code: String,
     pub message: String,
     pub request_id: String,
+}
+
+/// What a pool's managed bots are made from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    pub model: String,
+    pub system_prompt: Option<String>,
+    /// `permanent`, `transient` or `temporary`.
+    pub restart: String,
+    pub concurrency: u32,
+    pub mailbox_capacity: u32,
+    pub context_messages: u32,
+    #[schema(value_type = Object)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<BotTemplate> for TemplateView {
+    fn from(t: BotTemplate) -> Self {
+        Self {
+            model: t.model.into_string(),
+            system_prompt: t.system_prompt,
+            restart: t.restart.as_str().into(),
+            concurrency: t.concurrency,
+            mailbox_capacity: t.mailbox_capacity,
+            context_messages: t.context_messages,
+            options: t.options,
+        }
+    }
+}
+
+/// One bot of a pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolMemberView {
+    pub name: String,
+    /// `stopped`, `starting`, `running`, `stopping`, `backoff` or `failed`.
+    pub state: String,
+    /// Made by the pool (`{pool}-{n}`), not a bot that names the pool itself.
+    pub managed: bool,
+}
+
+/// A pool: its spec when it was created with `PUT` (`managed`), and its bots. A pool
+/// that only exists because bots name it has `managed: false` and null settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolView {
+    pub name: String,
+    pub managed: bool,
+    pub template: Option<TemplateView>,
+    pub min_bots: Option<u32>,
+    pub max_bots: Option<u32>,
+    pub scale_up_queue_depth: Option<u32>,
+    pub scale_down_idle_secs: Option<u64>,
+    pub bots: Vec<PoolMemberView>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<PoolInfo> for PoolView {
+    fn from(p: PoolInfo) -> Self {
+        let spec = p.spec;
+        Self {
+            name: p.name.into_string(),
+            managed: spec.is_some(),
+            min_bots: spec.as_ref().map(|s| s.min_bots),
+            max_bots: spec.as_ref().map(|s| s.max_bots),
+            scale_up_queue_depth: spec.as_ref().map(|s| s.scale_up_queue_depth),
+            scale_down_idle_secs: spec.as_ref().map(|s| s.scale_down_idle_secs),
+            template: spec.map(|s| s.template.into()),
+            bots: p
+                .bots
+                .into_iter()
+                .map(|m| PoolMemberView {
+                    name: m.name.into_string(),
+                    state: m.state.as_str().into(),
+                    managed: m.managed,
+                })
+                .collect(),
+            created_at: p.created_at.map(rfc3339),
+            updated_at: p.updated_at.map(rfc3339),
+        }
+    }
+}
+
+/// `GET /api/v1/pools`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
 }

@@ -139,6 +139,23 @@ pub enum MessageScope {
     Pool(String),
 }
 
+/// Runs `f` in one transaction: every write it makes commits, or none does.
+pub fn in_transaction<R>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<R>) -> Result<R> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    with_conn!(conn, c => AnsiTransactionManager::begin_transaction(c))?;
+    match f(conn) {
+        Ok(r) => {
+            with_conn!(conn, c => AnsiTransactionManager::commit_transaction(c))?;
+            Ok(r)
+        }
+        Err(e) => {
+            // The error that ended the transaction is the one worth reporting.
+            let _ = with_conn!(conn, c => AnsiTransactionManager::rollback_transaction(c));
+            Err(e)
+        }
+    }
+}
+
 // ---- bots ----
 
 /// Stores a new bot; `Conflict` when the name is taken.
