@@ -196,13 +196,6 @@ fn run(config: Config, source: ConfigSource) -> i32 {
         std::io::stdout(),
         Some(hub.clone()),
     );
-    let daemon = match Daemon::start(config, log.clone(), level, hub) {
-        Ok(d) => d,
-        Err(e) => {
-            error!(log, "botd could not start."; "error" => format!("{e:#}"));
-            return fail(&format!("{e:#}"));
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -210,15 +203,28 @@ fn run(config: Config, source: ConfigSource) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the signal runtime: {e}")),
     };
-    let status = rt.block_on(async {
+    // The handlers are in place before the daemon starts, so a stop signal that arrives
+    // once systemd has READY=1 (or during start-up) is a graceful stop, not a kill.
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let _runtime = rt.enter();
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
-        ) else {
-            return fail("cannot install signal handlers");
-        };
+        )
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        return fail("cannot install signal handlers");
+    };
+    let daemon = match Daemon::start(config, log.clone(), level, hub) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(log, "botd could not start."; "error" => format!("{e:#}"));
+            return fail(&format!("{e:#}"));
+        }
+    };
+    let status = rt.block_on(async {
         loop {
             tokio::select! {
                 _ = term.recv() => break,
