@@ -253,7 +253,23 @@ async fn retention_deletes_old_messages_in_batches_while_new_ones_are_answered()
         );
     }
     assert_eq!(left.len(), 1 + 2 * sent, "each new message and its reply");
-    // Ten rows in batches of four: the log reports the deletions.
-    let logs = app.logs();
-    assert!(logs.contains("Retention deleted old messages."), "{logs}");
+    // Ten rows in batches of at most four; every deletion is logged with its count.
+    let deleted = || -> u64 {
+        app.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["msg"] == "Retention deleted old messages.")
+            .map(|r| r["deleted"].as_u64().unwrap())
+            .sum()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while deleted() < 10 {
+        assert!(
+            Instant::now() < until,
+            "the log reports {} deletions",
+            deleted()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(deleted(), 10);
 }
