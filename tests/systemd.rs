@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use botd::auth::{JwtKeys, Role, TokenKind};
+
 /// A secret with a canary in it: it must never show up in the daemon's log.
 const SECRET: &str = "botd-systemd-test-secret-0123456789-CANARY";
 
@@ -72,7 +74,12 @@ impl Systemd {
 }
 
 /// The daemon as systemd starts it: `NOTIFY_SOCKET` and `WATCHDOG_USEC` set.
-fn start_daemon(dir: &Path, systemd: &Systemd, watchdog: Duration) -> (Child, String) {
+fn start_daemon(
+    dir: &Path,
+    systemd: &Systemd,
+    watchdog: Duration,
+    ollama_url: &str,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_botd"))
         .current_dir(dir)
         .env_remove("BOTD_CONFIG")
@@ -80,7 +87,7 @@ fn start_daemon(dir: &Path, systemd: &Systemd, watchdog: Duration) -> (Child, St
         .env("NOTIFY_SOCKET", &systemd.path)
         .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
         .env("BOTD_HTTP__LISTEN", "127.0.0.1:0")
-        .env("BOTD_LLM__OLLAMA_URL", "http://127.0.0.1:9")
+        .env("BOTD_LLM__OLLAMA_URL", ollama_url)
         .env(
             "BOTD_DATABASE__URL",
             format!("sqlite://{}", dir.join("botd.db").display()),
@@ -171,9 +178,11 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn botd_tells_systemd_it_is_ready_how_many_bots_it_runs_that_it_lives_and_that_it_stops() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(ollama_sim::Simulator::start()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let systemd = Systemd::bind(dir.path());
-    let (mut child, addr) = start_daemon(dir.path(), &systemd, Duration::from_secs(1));
+    let (mut child, addr) = start_daemon(dir.path(), &systemd, Duration::from_secs(1), &sim.url());
 
     let ready = systemd.wait_for(Duration::from_secs(30), "READY=1", |l| l == "READY=1");
     assert!(
@@ -184,6 +193,24 @@ fn botd_tells_systemd_it_is_ready_how_many_bots_it_runs_that_it_lives_and_that_i
     let healthz = format!("http://{addr}/healthz");
     assert_eq!(request(&healthz, None, None, Duration::from_secs(10)), 200);
     systemd.wait_for(Duration::from_secs(30), "WATCHDOG=1", |l| l == "WATCHDOG=1");
+
+    // A new bot shows in the status at the next keep-alive.
+    let admin = JwtKeys::new(SECRET.as_bytes()).mint(
+        "systemd-test",
+        Role::Admin,
+        TokenKind::Service,
+        Duration::from_secs(600),
+    );
+    let created = request(
+        &format!("http://{addr}/api/v1/bots"),
+        Some(&admin),
+        Some(serde_json::json!({"name": "s1", "autostart": true})),
+        Duration::from_secs(30),
+    );
+    assert_eq!(created, 201);
+    systemd.wait_for(Duration::from_secs(30), "the new bot's status", |l| {
+        l == "STATUS=1 bot: 1 running"
+    });
 
     sigterm(&child);
     systemd.wait_for(Duration::from_secs(30), "STOPPING=1", |l| l == "STOPPING=1");
@@ -222,13 +249,11 @@ fn without_a_watchdog_botd_sends_ready_and_status_but_no_keep_alive() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_hung_registry_stops_the_watchdog_pings_until_it_answers_again() {
-    use botd::auth::{JwtKeys, Role, TokenKind};
-
     let dir = tempfile::tempdir().unwrap();
     let systemd = Systemd::bind(dir.path());
     // Pings every 200 ms.
     let period = Duration::from_millis(200);
-    let (mut child, addr) = start_daemon(dir.path(), &systemd, period * 2);
+    let (mut child, addr) = start_daemon(dir.path(), &systemd, period * 2, "http://127.0.0.1:9");
     systemd.wait_for(Duration::from_secs(30), "READY=1", |l| l == "READY=1");
     systemd.wait_for(Duration::from_secs(30), "WATCHDOG=1", |l| l == "WATCHDOG=1");
 
