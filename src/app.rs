@@ -13,12 +13,14 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use botd_actors::llm::pool::{LlmService, SetLimits};
 use botd_actors::registry::{Registry, RegistryHandle};
+use botd_actors::settings::LlmSettings;
 use botd_actors::store::{Db, StoreHandle};
 use slog::{info, warn, Logger};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{load_secret, JwtKeys};
 use crate::config::{Config, SqliteSynchronous};
+use crate::notify::{self, Notifier};
 use crate::server::{self, ServeOptions};
 use crate::state::{AppState, Phase, PhaseCell};
 use crate::telemetry::{LevelSwitch, LogHub};
@@ -132,6 +134,7 @@ impl Daemon {
                 max_concurrent: new.llm.max_concurrent,
                 max_queue: new.llm.max_queue,
             });
+            publish_llm_limits(&new.llm);
         }
         for key in restart_only_changes(old, new) {
             warn!(log, "A changed setting takes effect only after a restart."; "key" => &key);
@@ -183,6 +186,14 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
+/// Publishes the LLM pool's limits, so that alerts can compare depth with capacity.
+fn publish_llm_limits(llm: &LlmSettings) {
+    let m = botd_actors::metrics::Metrics::get();
+    // Both are bounded by the configuration's checks.
+    m.llm_queue_capacity.set(llm.max_queue as i64);
+    m.llm_max_concurrent.set(llm.max_concurrent as i64);
+}
+
 type Ready = anyhow::Result<(SocketAddr, Arc<AppState>)>;
 
 /// The actor thread's life.
@@ -230,11 +241,28 @@ async fn run(
     };
     state.phase.set(Phase::Ready);
     info!(log, "botd is listening."; "addr" => addr.to_string(), "version" => env!("CARGO_PKG_VERSION"));
+    let notifier = Notifier::from_env(log.clone());
+    if notifier.enabled() {
+        let counts = state.registry.counts().await.unwrap_or_default();
+        notifier.ready(&notify::status_line(&counts));
+        http_rt.spawn(
+            notifier
+                .clone()
+                .keep_alive(state.registry.clone(), shutdown.clone()),
+        );
+    }
+    http_rt.spawn(crate::retention::run(
+        state.store.clone(),
+        config.retention.clone(),
+        log.clone(),
+        shutdown.clone(),
+    ));
     let _ = ready.send(Ok((addr, state.clone())));
 
     shutdown.cancelled().await;
     let started = Instant::now();
     info!(log, "botd is shutting down.");
+    notifier.stopping();
     state.phase.set(Phase::ShuttingDown);
     // Bots first, while HTTP still answers the requests they complete; new messages get
     // 503 shutting_down from the stopping bots.
@@ -270,6 +298,7 @@ async fn build(
     let store = StoreHandle::start(db);
     server::precreate_metrics();
     let llm = LlmService::start(&config.llm).map_err(|e| anyhow::anyhow!("{e}"))?;
+    publish_llm_limits(&config.llm);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);

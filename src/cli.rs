@@ -45,6 +45,13 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Write a consistent copy of the SQLite database to PATH while botd runs (VACUUM
+    /// INTO); PostgreSQL is backed up with pg_dump.
+    Backup {
+        /// Where the copy goes; it must not exist yet.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -108,10 +115,66 @@ pub fn main() -> i32 {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Backup { path } => match loaded {
+            Ok(config) => backup(&config, &path),
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Run => match loaded {
             Ok(config) => run(config, source),
             Err(e) => fail(&e.to_string()),
         },
+    }
+}
+
+/// `botd backup PATH`: `VACUUM INTO` on SQLite, which reads one consistent snapshot while
+/// the daemon goes on writing; on PostgreSQL it says how to use pg_dump and fails.
+fn backup(config: &Config, path: &std::path::Path) -> i32 {
+    use botd_actors::store::{conn::Target, queries, Db};
+
+    match Target::parse(&config.database.url) {
+        Ok(Target::Sqlite(db)) if !db.is_file() => {
+            return fail(&format!(
+                "database.url: {} does not exist; there is nothing to back up",
+                db.display()
+            ))
+        }
+        Ok(Target::Sqlite(_)) => {}
+        Ok(Target::Postgres(_)) => {
+            eprintln!(
+                "botd: backup copies SQLite databases only; database.url names PostgreSQL.\n\
+                 Back it up with pg_dump, e.g.\n  \
+                 pg_dump --format=custom --file=botd.dump \"$BOTD_DATABASE__URL\"\n\
+                 and restore with\n  \
+                 pg_restore --clean --if-exists --dbname=\"$BOTD_DATABASE__URL\" botd.dump"
+            );
+            return 2;
+        }
+        Err(e) => return fail(&format!("database.url: {e}")),
+    }
+    if path.exists() {
+        return fail(&format!(
+            "{} exists already; name a new file",
+            path.display()
+        ));
+    }
+    let Some(target) = path.to_str() else {
+        return fail("the backup path must be valid UTF-8");
+    };
+    let db = match Db::connect(&config.database.url, 1, "normal") {
+        Ok(db) => db,
+        Err(e) => return fail(&format!("database.url: {e}")),
+    };
+    let result = db
+        .readers
+        .get()
+        .map_err(botd_actors::store::StoreError::from)
+        .and_then(|mut conn| queries::vacuum_into(&mut conn, target));
+    match result {
+        Ok(()) => {
+            println!("{}", path.display());
+            0
+        }
+        Err(e) => fail(&format!("the backup failed: {e}")),
     }
 }
 
@@ -133,13 +196,6 @@ fn run(config: Config, source: ConfigSource) -> i32 {
         std::io::stdout(),
         Some(hub.clone()),
     );
-    let daemon = match Daemon::start(config, log.clone(), level, hub) {
-        Ok(d) => d,
-        Err(e) => {
-            error!(log, "botd could not start."; "error" => format!("{e:#}"));
-            return fail(&format!("{e:#}"));
-        }
-    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -147,15 +203,28 @@ fn run(config: Config, source: ConfigSource) -> i32 {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the signal runtime: {e}")),
     };
-    let status = rt.block_on(async {
+    // The handlers are in place before the daemon starts, so a stop signal that arrives
+    // once systemd has READY=1 (or during start-up) is a graceful stop, not a kill.
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let _runtime = rt.enter();
+        (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
-        ) else {
-            return fail("cannot install signal handlers");
-        };
+        )
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        return fail("cannot install signal handlers");
+    };
+    let daemon = match Daemon::start(config, log.clone(), level, hub) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(log, "botd could not start."; "error" => format!("{e:#}"));
+            return fail(&format!("{e:#}"));
+        }
+    };
+    let status = rt.block_on(async {
         loop {
             tokio::select! {
                 _ = term.recv() => break,

@@ -12,12 +12,16 @@
 //! - [`botctl`]: the operator's CLI (`src/bin/botctl.rs` is its thin main).
 //! - [`state`]: what the handlers share.
 //! - [`telemetry`]: slog JSON or terminal logs with a live level.
+//! - [`notify`]: systemd's READY/STATUS/WATCHDOG/STOPPING, the watchdog pinging the Registry.
+//! - [`retention`]: deletes messages past `retention.max_age_days`, in batches.
 pub mod app;
 pub mod auth;
 pub mod botctl;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod notify;
+pub mod retention;
 pub mod server;
 pub mod state;
 pub mod telemetry;

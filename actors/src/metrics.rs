@@ -69,6 +69,8 @@ pub struct Metrics {
     pub llm_in_flight: IntGauge,
     pub llm_queue_depth: IntGauge,
     pub llm_queue_wait: Histogram,
+    pub llm_queue_capacity: IntGauge,
+    pub llm_max_concurrent: IntGauge,
     pub llm_tokens: IntCounterVec,
     pub llm_retries: IntCounter,
     pub llm_breaker_open: IntGauge,
@@ -164,6 +166,16 @@ impl Metrics {
                 "botd_llm_queue_wait_seconds",
                 "Time a model call waited for a slot.",
             ),
+            llm_queue_capacity: IntGauge::new(
+                "botd_llm_queue_capacity",
+                "Model calls that may wait for a slot (llm.max_queue).",
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+            llm_max_concurrent: IntGauge::new(
+                "botd_llm_max_concurrent",
+                "Model calls that may be in flight at once (llm.max_concurrent).",
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
             llm_tokens: counter_vec(
                 "botd_llm_tokens_total",
                 "Tokens the model reported, by kind.",
@@ -211,6 +223,8 @@ impl Metrics {
             Box::new(m.llm_in_flight.clone()),
             Box::new(m.llm_queue_depth.clone()),
             Box::new(m.llm_queue_wait.clone()),
+            Box::new(m.llm_queue_capacity.clone()),
+            Box::new(m.llm_max_concurrent.clone()),
             Box::new(m.llm_tokens.clone()),
             Box::new(m.llm_retries.clone()),
             Box::new(m.llm_breaker_open.clone()),
@@ -289,6 +303,8 @@ mod tests {
             "botd_llm_in_flight",
             "botd_llm_queue_depth",
             "botd_llm_queue_wait_seconds",
+            "botd_llm_queue_capacity",
+            "botd_llm_max_concurrent",
             "botd_llm_breaker_open",
             "botd_rejections_total",
             "botd_db_pool_connections",

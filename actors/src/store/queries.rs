@@ -430,6 +430,23 @@ pub fn delete_messages_older_than(
     })?)
 }
 
+/// Writes a consistent copy of a SQLite database to `path` with `VACUUM INTO` (a read
+/// transaction: writers go on meanwhile). `path` must not exist. On PostgreSQL it is a
+/// `Config` error: pg_dump is the tool there.
+pub fn vacuum_into(conn: &mut DbConn, path: &str) -> Result<()> {
+    match conn {
+        DbConn::Sqlite(c) => {
+            diesel::sql_query("VACUUM INTO ?")
+                .bind::<diesel::sql_types::Text, _>(path)
+                .execute(c)?;
+            Ok(())
+        }
+        DbConn::Postgres(_) => Err(StoreError::Config(
+            "a PostgreSQL database is backed up with pg_dump".into(),
+        )),
+    }
+}
+
 // ---- events ----
 
 /// Stores an event; returns its id.
