@@ -125,6 +125,10 @@ impl Daemon {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let old = &*current;
         self.level.set(new.logging.level);
+        self.state
+            .limits
+            .requests
+            .set_per_minute(new.rate_limit.requests_per_minute);
         if new.llm.max_concurrent != old.llm.max_concurrent
             || new.llm.max_queue != old.llm.max_queue
         {
@@ -299,6 +303,14 @@ async fn build(
         .enable_all()
         .build()
         .context("cannot start the HTTP runtime")?;
+    let limits = crate::ratelimit::RateLimits::new(
+        config.rate_limit.requests_per_minute,
+        config.auth.login_attempts_per_minute,
+        config.redis.url.as_deref(),
+        &config.redis.key_prefix,
+        &log,
+    );
+    let users = crate::auth::UserCheck::new(Duration::from_secs(config.auth.user_check_secs));
     let state = Arc::new(AppState {
         config,
         registry,
@@ -309,6 +321,8 @@ async fn build(
         phase: PhaseCell::default(),
         log,
         logs,
+        users,
+        limits,
     });
     Ok((state, http_rt, listener))
 }

@@ -21,7 +21,10 @@
 //! - Exit status: 0 success, 1 an API error (any non-2xx, or an answer that cannot be
 //!   read), 2 a usage error (clap's own and bad flag values), 3 the daemon cannot be
 //!   reached (connection refused, DNS, timeout, a connection that broke).
-//! - The token is never printed (`--help` hides `BOTD_TOKEN`'s value).
+//! - The token is never printed (`--help` hides `BOTD_TOKEN`'s value), except by `login`,
+//!   whose output it is: `botctl login NAME` prints the token alone, `--export` an
+//!   `export BOTD_TOKEN=…` line for `eval`. No file is written.
+//! - `--ca-file PATH` (or `BOTD_CA_FILE`) trusts a daemon's own certificate for HTTPS.
 //!
 //! # Logs
 //!
@@ -101,6 +104,9 @@ pub struct Cli {
     /// Print the API's JSON as is, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM certificates to trust for an https:// URL (a self-signed daemon, a private CA).
+    #[arg(long, global = true, env = "BOTD_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -233,6 +239,14 @@ pub enum Command {
         /// How many past records to show first (0..10000).
         #[arg(long, short = 'n', value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u16).range(0..=10_000))]
         tail: u16,
+    },
+    /// Log in: reads the password (one line) from stdin and prints the token.
+    Login {
+        /// The username.
+        username: String,
+        /// Print `export BOTD_TOKEN=…` for `eval "$(botctl login NAME --export)"`.
+        #[arg(long)]
+        export: bool,
     },
     /// Print a shell completion script: `botctl completions bash > /etc/bash_completion.d/botctl`.
     Completions {
