@@ -64,6 +64,7 @@ impl Daemon {
             true,
         )?
         .context("the JWT secret could not be created")?;
+        let tls = server::tls_config(&config.http)?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -73,7 +74,7 @@ impl Daemon {
                 .name("botd-actors".into())
                 .spawn(move || {
                     let system = System::new();
-                    system.block_on(run(config, secret, log, logs, shutdown, ready_tx));
+                    system.block_on(run(config, secret, tls, log, logs, shutdown, ready_tx));
                 })
                 .context("cannot start the actor thread")?
         };
@@ -193,6 +194,7 @@ type Ready = anyhow::Result<(SocketAddr, Arc<AppState>)>;
 async fn run(
     config: Arc<Config>,
     secret: Vec<u8>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     log: Logger,
     logs: LogHub,
     shutdown: CancellationToken,
@@ -217,6 +219,8 @@ async fn run(
         max_connections: config.http.max_connections,
         header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
         drain_timeout: Duration::from_millis(config.supervisor.stop_timeout_ms + 2000),
+        tls,
+        cors_origins: Arc::new(config.http.cors_origins.clone()),
     };
     let http_stop = CancellationToken::new();
     let server = {

@@ -736,3 +736,285 @@ async fn botd_user_add_reads_the_password_from_stdin_and_botctl_logs_in() {
     let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(before.len(), after.len());
 }
+
+// ---- HTTP hardening ----
+
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("referrer-policy", "no-referrer"),
+];
+
+fn assert_hardened(what: &str, r: &reqwest::Response) {
+    for (k, v) in SECURITY_HEADERS {
+        assert_eq!(
+            r.headers().get(k).and_then(|h| h.to_str().ok()),
+            Some(v),
+            "{what}: {k}"
+        );
+    }
+    assert!(r.headers().contains_key("x-request-id"), "{what}");
+    // Plain HTTP: no HSTS (tests/tls.rs checks it over TLS).
+    assert!(
+        !r.headers().contains_key("strict-transport-security"),
+        "{what}"
+    );
+    assert!(
+        !r.headers().contains_key("access-control-allow-origin"),
+        "{what}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_carries_the_security_headers() {
+    let app = spawn_app_with(|c| c.rate_limit.requests_per_minute = 30).await;
+    app.running_bot("h", json!({})).await;
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = app
+            .http
+            .get(app.url(path))
+            .header("origin", "https://evil.example");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let cases = [
+        (
+            "200 json",
+            get("/api/v1/status", Some(&app.viewer)).await.unwrap(),
+        ),
+        ("healthz", get("/healthz", None).await.unwrap()),
+        ("metrics", get("/metrics", None).await.unwrap()),
+        ("401", get("/api/v1/status", None).await.unwrap()),
+        (
+            "403",
+            get("/api/v1/users", Some(&app.viewer)).await.unwrap(),
+        ),
+        ("404", get("/nowhere", None).await.unwrap()),
+        (
+            "ndjson",
+            get("/api/v1/logs?tail=5", Some(&app.viewer)).await.unwrap(),
+        ),
+    ];
+    for (what, r) in &cases {
+        assert_hardened(what, r);
+    }
+    let stream = app
+        .http
+        .post(app.url("/api/v1/bots/h/messages"))
+        .bearer_auth(&app.operator)
+        .json(&json!({"content": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_hardened("sse", &stream);
+    let r = app
+        .http
+        .post(app.url("/api/v1/bots"))
+        .bearer_auth(&app.admin)
+        .body(vec![b' '; 2 << 20])
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_hardened("413", &r);
+    // Spend the budget: the 429 is hardened too.
+    let mut last = None;
+    for _ in 0..40 {
+        let r = get("/api/v1/status", Some(&app.viewer)).await.unwrap();
+        if r.status().as_u16() == 429 {
+            last = Some(r);
+            break;
+        }
+    }
+    assert_hardened("429", &last.expect("the budget ran out"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_is_off_by_default_and_follows_the_allow_list() {
+    let off = spawn_app().await;
+    let preflight = |app: &TestApp, origin: &str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/api/v1/bots"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+    };
+    let r = preflight(&off, "https://ui.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    assert_ne!(r.status().as_u16(), 204);
+
+    let on = spawn_app_with(|c| c.http.cors_origins = vec!["https://ui.example".into()]).await;
+    let r = preflight(&on, "https://ui.example").await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://ui.example");
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    assert!(h.contains_key("access-control-max-age"));
+    assert_eq!(h["vary"], "origin");
+    let r = on
+        .http
+        .get(on.url("/api/v1/bots"))
+        .header("origin", "https://ui.example")
+        .bearer_auth(&on.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://ui.example"
+    );
+    assert!(r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("x-request-id"));
+    // Another origin gets nothing.
+    let r = preflight(&on, "https://evil.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    let r = on
+        .http
+        .get(on.url("/api/v1/bots"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(&on.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_body_limit_is_413_and_field_limits_are_400_naming_the_field() {
+    let app = spawn_app_with(|c| c.http.max_body_bytes = 4096).await;
+    let big = json!({"name": "b", "system_prompt": "x".repeat(8000)});
+    let (s, e) = app.post("/api/v1/bots", &app.admin, big).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    // Without a Content-Length (chunked), too.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
+    let r = app
+        .http
+        .post(app.url("/api/v1/bots"))
+        .bearer_auth(&app.admin)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+
+    let app = spawn_app().await;
+    app.running_bot("f", json!({})).await;
+    let max_content = app.config.limits.max_content_bytes;
+    let (s, e) = app.send("f", &"é".repeat(max_content / 2 + 1)).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("content"),
+        "{e}"
+    );
+    let max_prompt = app.config.limits.max_system_prompt_bytes;
+    let (s, e) = app
+        .post(
+            "/api/v1/bots",
+            &app.admin,
+            json!({"name": "g", "system_prompt": "x".repeat(max_prompt + 1)}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("system_prompt"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.http.header_read_timeout_ms = 300).await;
+    let addr = app.daemon.as_ref().unwrap().addr;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 512];
+    let mut answer = Vec::new();
+    // One header line every 50 ms, never the end of the headers.
+    loop {
+        assert!(
+            Instant::now() < until,
+            "the trickling connection stayed open"
+        );
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if s.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(!text.contains(" 200 "), "the request was served: {text}");
+    // The daemon still serves others.
+    assert_eq!(app.get("/healthz", "").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| c.http.max_connections = 2).await;
+    let addr = app.daemon.as_ref().unwrap().addr;
+    const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    async fn answered(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    // Two kept-alive connections hold both slots.
+    let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for s in [&mut a, &mut b] {
+        s.write_all(REQUEST).await.unwrap();
+        assert!(answered(s).await.starts_with("HTTP/1.1 200"));
+    }
+    // A third connects (the listen backlog) but is not served while they are open.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(REQUEST).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf)).await;
+    assert!(early.is_err(), "a third connection was served past the cap");
+    // One closes: the third is served.
+    drop(a);
+    let served = tokio::time::timeout(Duration::from_secs(20), answered(&mut c))
+        .await
+        .expect("the waiting connection was never served");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    drop(b);
+}
