@@ -66,6 +66,7 @@ impl Daemon {
             true,
         )?
         .context("the JWT secret could not be created")?;
+        let tls = server::tls_config(&config.http)?;
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -75,7 +76,7 @@ impl Daemon {
                 .name("botd-actors".into())
                 .spawn(move || {
                     let system = System::new();
-                    system.block_on(run(config, secret, log, logs, shutdown, ready_tx));
+                    system.block_on(run(config, secret, tls, log, logs, shutdown, ready_tx));
                 })
                 .context("cannot start the actor thread")?
         };
@@ -127,6 +128,10 @@ impl Daemon {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let old = &*current;
         self.level.set(new.logging.level);
+        self.state
+            .limits
+            .requests
+            .set_per_minute(new.rate_limit.requests_per_minute);
         if new.llm.max_concurrent != old.llm.max_concurrent
             || new.llm.max_queue != old.llm.max_queue
         {
@@ -200,6 +205,7 @@ type Ready = anyhow::Result<(SocketAddr, Arc<AppState>)>;
 async fn run(
     config: Arc<Config>,
     secret: Vec<u8>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     log: Logger,
     logs: LogHub,
     shutdown: CancellationToken,
@@ -224,6 +230,8 @@ async fn run(
         max_connections: config.http.max_connections,
         header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
         drain_timeout: Duration::from_millis(config.supervisor.stop_timeout_ms + 2000),
+        tls,
+        cors_origins: Arc::new(config.http.cors_origins.clone()),
     };
     let http_stop = CancellationToken::new();
     let server = {
@@ -329,6 +337,14 @@ async fn build(
         .enable_all()
         .build()
         .context("cannot start the HTTP runtime")?;
+    let limits = crate::ratelimit::RateLimits::new(
+        config.rate_limit.requests_per_minute,
+        config.auth.login_attempts_per_minute,
+        config.redis.url.as_deref(),
+        &config.redis.key_prefix,
+        &log,
+    );
+    let users = crate::auth::UserCheck::new(Duration::from_secs(config.auth.user_check_secs));
     let state = Arc::new(AppState {
         config,
         registry,
@@ -339,6 +355,8 @@ async fn build(
         phase: PhaseCell::default(),
         log,
         logs,
+        users,
+        limits,
     });
     Ok((state, http_rt, listener))
 }

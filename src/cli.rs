@@ -52,6 +52,23 @@ pub enum Command {
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
+    /// Manage login accounts on this host's database.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from stdin (one line).
+    Add {
+        /// The username: ^[a-z0-9][a-z0-9_-]{0,62}$.
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -119,6 +136,18 @@ pub fn main() -> i32 {
             Ok(config) => backup(&config, &path),
             Err(e) => fail(&e.to_string()),
         },
+        Command::User {
+            command: UserCommand::Add { name, role },
+        } => match loaded {
+            Ok(config) => match add_user(&config, &name, role, std::io::stdin().lock()) {
+                Ok(()) => {
+                    eprintln!("botd: user {name:?} added with role {}", role.as_str());
+                    0
+                }
+                Err(e) => fail(&e),
+            },
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Run => match loaded {
             Ok(config) => run(config, source),
             Err(e) => fail(&e.to_string()),
@@ -176,6 +205,55 @@ fn backup(config: &Config, path: &std::path::Path) -> i32 {
         }
         Err(e) => fail(&format!("the backup failed: {e}")),
     }
+}
+/// `botd user add`: reads the password (one line) from `input`, hashes it with argon2id
+/// and stores the user, with a `user_created` event whose subject is `cli`.
+pub fn add_user(
+    config: &Config,
+    name: &str,
+    role: Role,
+    mut input: impl std::io::BufRead,
+) -> Result<(), String> {
+    use botd_actors::store::queries::{self, NewEvent, UserRow};
+    let name = botd_actors::names::Username::parse(name).map_err(|e| e.to_string())?;
+    let mut password = String::new();
+    input
+        .read_line(&mut password)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    crate::auth::check_password_rule(password).map_err(|e| format!("the password {e}"))?;
+    let hash = crate::auth::hash_password(password)?;
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let db = open_database(config, &log).map_err(|e| format!("{e:#}"))?;
+    let mut conn = db
+        .writer
+        .get()
+        .map_err(|e| format!("the database is unavailable: {e}"))?;
+    let now = botd_actors::model::now_ms();
+    let row = UserRow {
+        username: name.as_str().to_owned(),
+        password_hash: hash,
+        role: role.as_str().to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    match queries::insert_user(&mut conn, &row) {
+        Ok(()) => {}
+        Err(botd_actors::store::StoreError::Conflict(_)) => {
+            return Err(format!("user {:?} already exists", name.as_str()))
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let event = NewEvent {
+        ts: now,
+        bot: None,
+        pool: None,
+        kind: "user_created".into(),
+        subject: "cli".into(),
+        detail: serde_json::json!({"username": row.username, "role": row.role}).to_string(),
+    };
+    queries::insert_event(&mut conn, &event).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Prints one line (libpq's messages, say, span several) and gives status 1.

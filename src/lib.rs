@@ -8,7 +8,8 @@
 //! - [`server`]: the accept loop that serves the warp filter (connection cap, header
 //!   timeout, request ids, security headers, graceful drain).
 //! - [`http`]: the routes of API.md and the one place errors become responses.
-//! - [`auth`]: HS256 tokens and the secret file.
+//! - [`auth`]: HS256 tokens, the secret file, passwords and the user check.
+//! - [`ratelimit`]: token buckets per subject or client IP, local or shared in Redis.
 //! - [`botctl`]: the operator's CLI (`src/bin/botctl.rs` is its thin main).
 //! - [`state`]: what the handlers share.
 //! - [`telemetry`]: slog JSON or terminal logs with a live level.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod http;
 pub mod notify;
 pub mod retention;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -1,6 +1,14 @@
 //! botd's own accept loop for the warp filter (warp 0.4's `Server` has no TLS and hides
-//! its accept trait). This one loop is where the connection cap, the header read timeout,
-//! request ids, the security headers and graceful shutdown live.
+//! its accept trait). This one loop is where TLS, the connection cap, the header read
+//! timeout, request ids, the security headers, CORS and graceful shutdown live.
+//!
+//! - TLS (`http.tls_cert` + `http.tls_key`): rustls with TLS 1.2 and 1.3 only; the
+//!   handshake runs in the connection's own task, within the header read timeout, so a
+//!   slow handshake never holds up the accept loop. Responses then carry HSTS.
+//! - CORS is off unless `http.cors_origins` names origins: a request from one of them
+//!   gets `Access-Control-Allow-Origin`, and its preflight (`OPTIONS` with
+//!   `Access-Control-Request-Method`) is answered 204 here. Other origins get no CORS
+//!   headers at all (the browser refuses the answer).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +45,100 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long in-flight requests get once shutdown begins.
     pub drain_timeout: Duration,
+    /// When set, every connection is HTTPS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Origins CORS allows (`http.cors_origins`); empty: CORS is off.
+    pub cors_origins: Arc<Vec<String>>,
+}
+
+/// Why the TLS files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("http.tls_cert: cannot read certificates from {path}: {error}")]
+    Cert { path: String, error: String },
+    #[error("http.tls_key: cannot read a private key from {path}: {error}")]
+    Key { path: String, error: String },
+    #[error("http.tls_cert: {0}")]
+    Config(String),
+}
+
+/// The TLS server configuration of `http.tls_cert` and `http.tls_key` (PEM), TLS 1.2 and
+/// 1.3 only; `None` when neither is set (plain HTTP).
+pub fn tls_config(
+    http: &crate::config::HttpSettings,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&http.tls_cert, &http.tls_key) else {
+        return Ok(None);
+    };
+    let cert_err = |error: String| TlsError::Cert {
+        path: cert.display().to_string(),
+        error,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+/// HSTS, on every response served over TLS.
+const HSTS: &str = "max-age=31536000";
+
+/// The methods and headers a CORS preflight may ask for.
+const CORS_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+const CORS_HEADERS: &str = "authorization, content-type, x-request-id";
+const CORS_EXPOSE: &str = "x-request-id, retry-after";
+
+/// The request's `Origin` when CORS allows it.
+fn allowed_origin(req: &Request<Incoming>, allowed: &[String]) -> Option<HeaderValue> {
+    let origin = req.headers().get(http::header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    allowed
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
+}
+
+fn cors_headers(headers: &mut http::HeaderMap, origin: HeaderValue, preflight: bool) {
+    use http::header;
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    if preflight {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(CORS_METHODS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_HEADERS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    } else {
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE),
+        );
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -110,6 +212,8 @@ pub async fn serve<F, R>(
         };
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
+        let tls_on = options.tls.is_some();
+        let cors = options.cors_origins.clone();
         let hyper_service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let started = std::time::Instant::now();
             let route = route_of(req.uri().path());
@@ -117,11 +221,23 @@ pub async fn serve<F, R>(
             let id = request_id(&req);
             req.extensions_mut().insert(RequestId(id.clone()));
             req.extensions_mut().insert(ClientAddr(peer));
+            let origin = allowed_origin(&req, &cors);
+            let preflight = origin.is_some()
+                && method == http::Method::OPTIONS
+                && req
+                    .headers()
+                    .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
             let mut svc = svc.clone();
             async move {
-                let mut resp = match svc.call(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+                let mut resp = if preflight {
+                    let mut r = warp::reply::Response::new(Default::default());
+                    *r.status_mut() = http::StatusCode::NO_CONTENT;
+                    r
+                } else {
+                    match svc.call(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
                 };
                 if let Some(PendingError(err)) = resp.extensions_mut().remove::<PendingError>() {
                     Metrics::get().rejection(err.code);
@@ -140,6 +256,15 @@ pub async fn serve<F, R>(
                         .entry(k)
                         .or_insert_with(|| HeaderValue::from_static(v));
                 }
+                if tls_on {
+                    headers.insert(
+                        http::header::STRICT_TRANSPORT_SECURITY,
+                        HeaderValue::from_static(HSTS),
+                    );
+                }
+                if let Some(origin) = origin {
+                    cors_headers(headers, origin, preflight);
+                }
                 let m = Metrics::get();
                 m.http_requests
                     .with_label_values(&[route, method_label(&method), resp.status().as_str()])
@@ -150,13 +275,42 @@ pub async fn serve<F, R>(
                 Ok::<_, Infallible>(into_body(resp))
             }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
         let log = log.clone();
+        let builder = builder.clone();
+        let tls = options.tls.clone();
+        let handshake_timeout = options.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!(log, "A TLS handshake failed."; "error" => e.to_string());
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(log, "A TLS handshake took too long.");
+                            return;
+                        }
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
                 debug!(log, "A connection ended with an error."; "error" => e.to_string());
             }
             drop(permit);

@@ -54,6 +54,10 @@ pub struct AppState {
     pub log: Logger,
     /// The log rings and followers' channel behind the tail endpoints.
     pub logs: LogHub,
+    /// What the token check knows of the users table (user tokens).
+    pub users: crate::auth::UserCheck,
+    /// Request and login rate limits.
+    pub limits: crate::ratelimit::RateLimits,
 }
 
 /// The request id of the current request, set by the server before routing.

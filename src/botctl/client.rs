@@ -191,6 +191,16 @@ pub struct Client {
 impl Client {
     /// Checks the base URL and builds the HTTP client.
     pub fn new(url: &str, token: Option<Secret>) -> Result<Self, CtlError> {
+        Self::with_ca(url, token, None)
+    }
+
+    /// Like [`Client::new`], also trusting the PEM certificates of `ca_file` for HTTPS
+    /// (a daemon with its own certificate authority or a self-signed certificate).
+    pub fn with_ca(
+        url: &str,
+        token: Option<Secret>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, CtlError> {
         let base = Url::parse(url)
             .map_err(|e| CtlError::Usage(format!("--url {url:?} is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -201,9 +211,30 @@ impl Client {
         if base.host_str().is_none_or(str::is_empty) {
             return Err(CtlError::Usage(format!("--url {url:?} has no host")));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("botctl/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("botctl/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                CtlError::Usage(format!("--ca-file {}: cannot read it: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                CtlError::Usage(format!(
+                    "--ca-file {}: not PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(CtlError::Usage(format!(
+                    "--ca-file {}: holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| CtlError::Usage(format!("cannot set up HTTP: {e}")))?;
         Ok(Self { http, base, token })

@@ -26,7 +26,7 @@ pub(super) const SLACK: Duration = Duration::from_secs(30);
 
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let token = cli.token.filter(|t| !t.is_empty());
-    let client = Client::new(&cli.url, token)?;
+    let client = Client::with_ca(&cli.url, token, cli.ca_file.as_deref())?;
     let json = cli.json;
     match cli.command {
         Command::Status => status(&client, json).await,
@@ -84,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             tail,
         } => logs(&client, json, bot, follow, level, tail).await,
         Command::Pools { command } => super::pools::run(&client, json, command).await,
+        Command::Login { username, export } => login(&client, json, &username, export).await,
         // Handled before there is a client (it needs no daemon).
         Command::Completions { .. } => Ok(()),
     }
@@ -708,6 +709,34 @@ async fn logs(
             "botd at {} closed the log stream (it stopped or went away)",
             c.shown_base()
         )));
+    }
+    Ok(())
+}
+
+/// `login`: the password comes from stdin (one line), the token goes to stdout.
+async fn login(c: &Client, json: bool, username: &str, export: bool) -> Result<(), CtlError> {
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| CtlError::Usage(format!("cannot read the password from stdin: {e}")))?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(CtlError::Usage("no password on stdin".into()));
+    }
+    let answer = c
+        .call(
+            Request::new(Method::POST, &["auth", "login"])
+                .body(json!({"username": username, "password": password})),
+        )
+        .await?;
+    let v = answer.value()?;
+    let token = v["token"].as_str().unwrap_or_default();
+    if json {
+        print_raw(&answer.text);
+    } else if export {
+        print(&format!("export BOTD_TOKEN={token}\n"));
+    } else {
+        print(&format!("{token}\n"));
     }
     Ok(())
 }

@@ -21,7 +21,10 @@
 //! - Exit status: 0 success, 1 an API error (any non-2xx, or an answer that cannot be
 //!   read), 2 a usage error (clap's own and bad flag values), 3 the daemon cannot be
 //!   reached (connection refused, DNS, timeout, a connection that broke).
-//! - The token is never printed (`--help` hides `BOTD_TOKEN`'s value).
+//! - The token is never printed (`--help` hides `BOTD_TOKEN`'s value), except by `login`,
+//!   whose output it is: `botctl login NAME` prints the token alone, `--export` an
+//!   `export BOTD_TOKEN=…` line for `eval`. No file is written.
+//! - `--ca-file PATH` (or `BOTD_CA_FILE`) trusts a daemon's own certificate for HTTPS.
 //!
 //! # Logs
 //!
@@ -102,6 +105,9 @@ pub struct Cli {
     /// Print the API's JSON as is, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM certificates to trust for an https:// URL (a self-signed daemon, a private CA).
+    #[arg(long, global = true, env = "BOTD_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -239,6 +245,14 @@ pub enum Command {
     Pools {
         #[command(subcommand)]
         command: pools::PoolCommand,
+    },
+    /// Log in: reads the password (one line) from stdin and prints the token.
+    Login {
+        /// The username.
+        username: String,
+        /// Print `export BOTD_TOKEN=…` for `eval "$(botctl login NAME --export)"`.
+        #[arg(long)]
+        export: bool,
     },
     /// Print a shell completion script: `botctl completions bash > /etc/bash_completion.d/botctl`.
     Completions {

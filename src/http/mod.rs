@@ -4,6 +4,7 @@
 //! shared filters here (auth, body) reject, and [`error::recover`] turns every rejection
 //! into the API's error shape.
 
+pub mod auth;
 pub mod bots;
 pub mod daemon;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod logs;
 pub mod messages;
 pub mod openapi;
 pub mod pools;
+pub mod users;
 pub mod view;
 
 use std::convert::Infallible;
@@ -42,9 +44,15 @@ pub fn routes(
             .or(daemon::api_routes(state.clone()))
             .unify()
             .or(openapi::route())
+            .unify()
+            .or(auth::routes(state.clone()))
+            .unify()
+            .or(users::routes(state.clone()))
             .unify(),
     );
-    open.or(api).unify().recover(error::recover).unify()
+    // Everything but the open routes (`/healthz`, `/readyz`, `/metrics`) is rate limited.
+    let limited = auth::rate_limit(state.clone()).and(api);
+    open.or(limited).unify().recover(error::recover).unify()
 }
 
 /// Passes the shared state to a handler.
@@ -60,24 +68,18 @@ pub fn request_id() -> impl Filter<Extract = (RequestId,), Error = Infallible> +
         .map(|id: Option<RequestId>| id.unwrap_or_else(|| RequestId(Arc::from(""))))
 }
 
-/// Checks the bearer token and that its role is at least `need`.
+/// Checks the bearer token (for a user token, also the users table) and that its role is
+/// at least `need`.
 pub fn auth(
     state: Arc<AppState>,
     need: Role,
 ) -> impl Filter<Extract = (Claims,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {
-        let state = state.clone();
-        async move {
-            let claims = check_token(&state, h.as_deref()).map_err(warp::reject::custom)?;
-            if claims.role < need {
-                return Err(warp::reject::custom(ApiError::forbidden(need.as_str())));
-            }
-            Ok(claims)
-        }
-    })
+    auth::require(state, need)
 }
 
 /// Verifies an `Authorization` header's bearer token; every failure is the same 401.
+/// This checks the signature and claims only: a user token also needs the users table,
+/// which [`auth::authenticate`] checks.
 pub fn check_token(state: &AppState, header: Option<&str>) -> Result<Claims, ApiError> {
     let token = header
         .and_then(|h| h.strip_prefix("Bearer "))

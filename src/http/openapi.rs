@@ -21,10 +21,12 @@ use utoipa::{Modify, OpenApi};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use super::auth::{LoginRequest, LoginResponse, WhoAmI};
 use super::bots::{CreateBotRequest, PatchBotRequest, StopRequest, TemplateRequest};
 use super::daemon::{Health, LlmStatus, Ready, ReadyChecks, Status};
 use super::messages::SendRequest;
 use super::pools::PutPoolRequest;
+use super::users::{CreateUserRequest, PatchUserRequest, UserList, UserView};
 use super::view::{
     AnswerView, BotList, BotView, ErrorBody, ErrorInner, EventList, EventView, MessageList,
     MessageView, PoolList, PoolMemberView, PoolView, ReplyView, TemplateView, TimingsView,
@@ -72,6 +74,12 @@ pub const BEARER: &str = "bearerAuth";
         ops::healthz,
         ops::readyz,
         ops::get_openapi,
+        ops::login,
+        ops::whoami,
+        ops::create_user,
+        ops::list_users,
+        ops::update_user,
+        ops::delete_user,
     ),
     components(schemas(
         CreateBotRequest,
@@ -101,6 +109,15 @@ pub const BEARER: &str = "bearerAuth";
         ReadyChecks,
         Status,
         LlmStatus,
+        LoginRequest,
+        LoginResponse,
+        WhoAmI,
+        CreateUserRequest,
+        PatchUserRequest,
+        UserView,
+        UserList,
+        crate::auth::Role,
+        crate::auth::TokenKind,
     )),
     modifiers(&SecurityAddon, &CommonHeaders, &OptionalBodies),
     tags(
@@ -110,6 +127,7 @@ pub const BEARER: &str = "bearerAuth";
         (name = "events", description = "Lifecycle and audit events."),
         (name = "logs", description = "Live log tails."),
         (name = "daemon", description = "Health, readiness, status and this document."),
+        (name = "auth", description = "Login, the token's identity, and users."),
     )
 )]
 pub struct ApiDoc;
@@ -1001,4 +1019,151 @@ mod ops {
         ),
     )]
     fn get_openapi() {}
+
+    use crate::http::auth::{LoginRequest, LoginResponse, WhoAmI};
+    use crate::http::users::{CreateUserRequest, PatchUserRequest, UserList, UserView};
+
+    const E404_USER: &str = "`user_not_found`.";
+
+    /// Logs in.
+    ///
+    /// Answers a user token (`kind: "user"`) valid for `auth.token_ttl_secs`. An unknown
+    /// user and a wrong password get the same 401. Attempts are limited per client IP
+    /// and username (`auth.login_attempts_per_minute`). No auth.
+    #[utoipa::path(
+        post,
+        path = "/api/v1/auth/login",
+        tag = "auth",
+        request_body = LoginRequest,
+        responses(
+            (status = 200, description = "The token.", body = LoginResponse),
+            (status = 400, description = E400, body = ErrorBody),
+            (status = 401, description = "`unauthorized`: no such user, or the wrong password.", body = ErrorBody),
+            (status = 413, description = E413, body = ErrorBody),
+            (status = 415, description = E415, body = ErrorBody),
+            (status = 429, description = "`rate_limited`: too many requests, or too many login attempts.", body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+    )]
+    fn login() {}
+
+    /// Who the token speaks for.
+    ///
+    /// For a user token, the role is the users table's (at most `auth.user_check_secs` old).
+    #[utoipa::path(
+        get,
+        path = "/api/v1/auth/whoami",
+        tag = "auth",
+        responses(
+            (status = 200, description = "The token's subject, role and expiry.", body = WhoAmI),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_VIEWER, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("viewer"))),
+    )]
+    fn whoami() {}
+
+    /// Creates a user.
+    ///
+    /// The password is stored as an argon2id hash.
+    #[utoipa::path(
+        post,
+        path = "/api/v1/users",
+        tag = "auth",
+        request_body = CreateUserRequest,
+        responses(
+            (status = 201, description = "The user, created.", body = UserView),
+            (status = 400, description = E400, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_ADMIN, body = ErrorBody),
+            (status = 409, description = "`user_exists`.", body = ErrorBody),
+            (status = 413, description = E413, body = ErrorBody),
+            (status = 415, description = E415, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("admin"))),
+    )]
+    fn create_user() {}
+
+    /// Lists the users.
+    ///
+    /// Sorted by username; never a password or its hash.
+    #[utoipa::path(
+        get,
+        path = "/api/v1/users",
+        tag = "auth",
+        responses(
+            (status = 200, description = "The users.", body = UserList),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_ADMIN, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("admin"))),
+    )]
+    fn list_users() {}
+
+    /// Changes a user's password or role.
+    ///
+    /// An admin may change both. Any user may change their own password with a user
+    /// token, giving `current_password` (400 `invalid_field` when it is missing or wrong);
+    /// anything else needs the admin role.
+    #[utoipa::path(
+        patch,
+        path = "/api/v1/users/{username}",
+        tag = "auth",
+        params(
+            ("username" = String, Path, description = "The user's name.", pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+        ),
+        request_body = PatchUserRequest,
+        responses(
+            (status = 200, description = "The user, changed.", body = UserView),
+            (status = 400, description = E400, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = "`forbidden`: this needs the `admin` role (a `viewer` may change only their own password).", body = ErrorBody),
+            (status = 404, description = E404_USER, body = ErrorBody),
+            (status = 413, description = E413, body = ErrorBody),
+            (status = 415, description = E415, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("viewer"))),
+    )]
+    fn update_user() {}
+
+    /// Deletes a user.
+    ///
+    /// Their tokens stop working within `auth.user_check_secs`.
+    #[utoipa::path(
+        delete,
+        path = "/api/v1/users/{username}",
+        tag = "auth",
+        params(
+            ("username" = String, Path, description = "The user's name.", pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"),
+        ),
+        responses(
+            (status = 204, description = "The user is deleted."),
+            (status = 400, description = E400_PARAMS, body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_ADMIN, body = ErrorBody),
+            (status = 404, description = E404_USER, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+            (status = 503, description = E503_STORE, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("admin"))),
+    )]
+    fn delete_user() {}
 }
