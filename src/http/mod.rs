@@ -11,6 +11,7 @@ pub mod logs;
 pub mod messages;
 pub mod openapi;
 pub mod view;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub fn routes(
             .or(logs::routes(state.clone()))
             .unify()
             .or(daemon::api_routes(state.clone()))
+            .unify()
+            .or(ws::routes(state.clone()))
             .unify()
             .or(openapi::route())
             .unify(),
