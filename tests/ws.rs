@@ -464,3 +464,27 @@ async fn closing_the_socket_cancels_its_running_messages() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_can_go_to_a_pool() {
+    let app = spawn_app().await;
+    app.running_bot("wsp-1", json!({"pool": "wsp"})).await;
+    let mut s = ready(&app).await;
+    send(
+        &mut s,
+        json!({"type": "message", "id": "p", "pool": "wsp", "content": "hi", "conversation": "pc"}),
+    )
+    .await;
+    loop {
+        let f = next_frame(&mut s).await;
+        assert_eq!(f["bot"], "wsp-1", "{f}");
+        if f["type"] == "reply" {
+            assert_eq!(f["reply"]["content"], "echo: hi");
+            break;
+        }
+    }
+    let (_, h) = app
+        .get("/api/v1/pools/wsp/messages?conversation=pc", &app.viewer)
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2, "{h}");
+}

@@ -15,6 +15,7 @@ use slog::{info, o, warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::bot::{answer_unprocessed_in, Bot, BotEnv, BotExited, Drain, Exit, Poke};
+use crate::cache::ContextCache;
 use crate::llm::pool::LlmService;
 use crate::model::{
     now_ms, Answer, BotInfo, BotPatch, BotSpec, BotState, DesiredState, EngineError, Inbound,
@@ -131,6 +132,8 @@ pub struct Registry {
     log: Logger,
     /// Set once the daemon is shutting down: nothing restarts any more.
     shutting_down: bool,
+    /// The conversation-context cache every bot shares.
+    cache: ContextCache,
 }
 
 fn spec_from_row(row: &BotRow) -> Result<BotSpec, EngineError> {
@@ -196,7 +199,14 @@ impl Registry {
             next_arbiter: 0,
             log,
             shutting_down: false,
+            cache: ContextCache::in_process(),
         }
+    }
+
+    /// Uses `cache` for conversation context (the default is in-process).
+    pub fn with_cache(mut self, cache: ContextCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     fn event(&self, bot: &BotName, kind: &str, subject: &str, detail: serde_json::Value) {
@@ -233,6 +243,7 @@ impl Registry {
             queue: entry.queue.clone(),
             store: self.store.clone(),
             llm: self.llm.clone(),
+            cache: self.cache.clone(),
             log: self
                 .log
                 .new(o!("bot" => entry.spec.name.as_str().to_owned())),
