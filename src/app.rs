@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::Context as _;
+use botd_actors::cache::{ContextCache, RedisConn};
 use botd_actors::llm::pool::{LlmService, SetLimits};
 use botd_actors::registry::{Registry, RegistryHandle};
 use botd_actors::settings::LlmSettings;
@@ -311,6 +312,16 @@ async fn build(
         .map(|n| n.get())
         .unwrap_or(2);
     let arbiters: Vec<ArbiterHandle> = (0..threads).map(|_| Arbiter::new().handle()).collect();
+    let redis = match &config.redis.url {
+        Some(url) => Some(
+            RedisConn::new(url, &config.redis.key_prefix, log.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
+    let cache = redis
+        .clone()
+        .map_or_else(ContextCache::in_process, ContextCache::with_redis);
     let registry = {
         let (store, llm, sup, pools, log) = (
             store.clone(),
@@ -320,7 +331,9 @@ async fn build(
             log.clone(),
         );
         Registry::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Registry::new(store, llm, sup, arbiters, log).with_pool_settings(pools)
+            Registry::new(store, llm, sup, arbiters, log)
+                .with_pool_settings(pools)
+                .with_cache(cache)
         })
     };
     let registry = RegistryHandle::new(registry);
@@ -350,6 +363,7 @@ async fn build(
         registry,
         store,
         llm,
+        redis,
         jwt: JwtKeys::new(&secret),
         started: Instant::now(),
         phase: PhaseCell::default(),

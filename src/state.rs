@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use botd_actors::cache::RedisConn;
 use botd_actors::llm::pool::LlmService;
 use botd_actors::registry::RegistryHandle;
 use botd_actors::store::StoreHandle;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub registry: RegistryHandle,
     pub store: StoreHandle,
     pub llm: LlmService,
+    /// Redis, when `redis.url` is set (the context cache's; shareable).
+    pub redis: Option<RedisConn>,
     /// Keys for checking (and minting) tokens.
     pub jwt: JwtKeys,
     /// When the daemon started, for `uptime_secs`.

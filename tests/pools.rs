@@ -80,15 +80,32 @@ fn all_running(pool: &Value, n: usize) -> bool {
     bots.len() == n && bots.iter().all(|b| b["state"] == "running")
 }
 
+/// The pool's events of `kind`, newest first, once there are at least `n` (events are
+/// written after the change they record).
+async fn events_n(app: &TestApp, pool: &str, kind: &str, n: usize) -> Vec<Value> {
+    let until = Instant::now() + WAIT;
+    loop {
+        let (status, body) = app
+            .get(
+                &format!("/api/v1/events?pool={pool}&kind={kind}&limit=500"),
+                &app.viewer,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let events = body["events"].as_array().unwrap().clone();
+        if events.len() >= n {
+            return events;
+        }
+        assert!(
+            Instant::now() < until,
+            "never {n} {kind} events: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn events(app: &TestApp, pool: &str, kind: &str) -> Vec<Value> {
-    let (status, body) = app
-        .get(
-            &format!("/api/v1/events?pool={pool}&kind={kind}&limit=500"),
-            &app.viewer,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["events"].as_array().unwrap().clone()
+    events_n(app, pool, kind, 1).await
 }
 
 /// Pools whose autoscaler checks often and never waits for a cooldown.
@@ -473,7 +490,7 @@ async fn idle_members_scale_down_from_the_highest_number_and_keep_their_history(
     assert_eq!(status, 200);
     let pool = wait_for_pool(&app, "p", |p| names(p) == ["p-1"]).await;
     assert!(all_running(&pool, 1));
-    let down: Vec<String> = events(&app, "p", "scaled_down")
+    let down: Vec<String> = events_n(&app, "p", "scaled_down", 2)
         .await
         .iter()
         .rev()

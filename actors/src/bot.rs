@@ -17,6 +17,7 @@ use futures::FutureExt;
 use slog::{debug, error, o, Logger};
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::{self, context_key, ContextCache};
 use crate::llm::client::{ChatMessage, ChatRequest};
 use crate::llm::pool::{CallError, CallSpec, LlmService};
 use crate::model::{now_ms, Answer, BotSpec, EngineError, Inbound, Target, Timings, Usage};
@@ -33,6 +34,8 @@ pub struct BotEnv {
     pub queue: Arc<BotQueue>,
     pub store: StoreHandle,
     pub llm: LlmService,
+    /// Conversation context, versioned by the conversation's newest message id.
+    pub cache: ContextCache,
     pub log: Logger,
 }
 
@@ -349,6 +352,18 @@ async fn process(
     } else {
         None
     };
+    // The context's version: the conversation's newest message before this one. Read
+    // before this message is stored, so that the cache can be checked against it.
+    let n = env.spec.context_messages;
+    let conversation = msg.conversation.as_str().to_owned();
+    let version = if n > 0 && early.is_none() {
+        let (scope, conversation) = (scope.clone(), conversation.clone());
+        env.store
+            .read(move |c| queries::last_message_id(c, &scope, &conversation))
+            .await?
+    } else {
+        None
+    };
     let status = early.as_ref().map_or("pending", |e| e.message_status());
     let row = NewMessage {
         bot: env.spec.name.as_str().to_owned(),
@@ -377,15 +392,10 @@ async fn process(
         return Err(e);
     }
 
-    let n = env.spec.context_messages as i64;
-    let conversation = msg.conversation.as_str().to_owned();
-    let history = if n > 0 {
-        let scope = scope.clone();
-        env.store
-            .read(move |c| queries::context(c, &scope, &conversation, n))
-            .await?
-    } else {
-        Vec::new()
+    let key = context_key(&scope, &conversation);
+    let history = match version {
+        Some(version) => context(env, &scope, &key, &conversation, version, n).await?,
+        None => Vec::new(),
     };
     let mut messages = Vec::with_capacity(history.len() + 2);
     if let Some(prompt) = &env.spec.system_prompt {
@@ -394,13 +404,10 @@ async fn process(
             content: prompt.clone(),
         });
     }
-    messages.extend(history.into_iter().map(|m| ChatMessage {
-        role: m.role,
-        content: m.content,
-    }));
+    messages.extend(history.iter().cloned());
     messages.push(ChatMessage {
         role: "user".into(),
-        content: msg.content,
+        content: msg.content.clone(),
     });
     let request = ChatRequest {
         model: env.spec.model.as_str().to_owned(),
@@ -466,6 +473,26 @@ async fn process(
         .store
         .write(move |c| queries::complete_exchange(c, id, &reply_row))
         .await?;
+    if n > 0 {
+        // The next turn's context: this one's plus this exchange, as of its reply.
+        let next = cache::Context {
+            version: reply_id,
+            limit: n,
+            turns: history,
+        }
+        .advanced(
+            reply_id,
+            ChatMessage {
+                role: "user".into(),
+                content: msg.content,
+            },
+            ChatMessage {
+                role: "assistant".into(),
+                content: outcome.reply.content.clone(),
+            },
+        );
+        env.cache.put(&key, next).await;
+    }
     let total = msg.received.elapsed();
     Ok(Answer {
         id,
@@ -480,6 +507,40 @@ async fn process(
         llm_us: outcome.llm_time.as_micros() as u64,
         total_us: total.as_micros() as u64,
     })
+}
+
+/// The last `n` complete turns of a conversation as of `version`: from the cache when it
+/// has them for that version, else from the database.
+async fn context(
+    env: &BotEnv,
+    scope: &MessageScope,
+    key: &str,
+    conversation: &str,
+    version: i64,
+    n: u32,
+) -> Result<Vec<ChatMessage>, EngineError> {
+    if let Some(turns) = env
+        .cache
+        .get(key)
+        .await
+        .and_then(|c| c.turns_for(version, n))
+    {
+        cache::count("hit");
+        return Ok(turns);
+    }
+    cache::count("miss");
+    let (scope, conversation) = (scope.clone(), conversation.to_owned());
+    let rows = env
+        .store
+        .read(move |c| queries::context(c, &scope, &conversation, n as i64))
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+        })
+        .collect())
 }
 
 /// A child logger for a bot.

@@ -15,6 +15,7 @@ use slog::{info, o, warn, Logger};
 use tokio::sync::oneshot;
 
 use crate::bot::{answer_unprocessed_in, Bot, BotEnv, BotExited, Drain, Exit, Poke};
+use crate::cache::ContextCache;
 use crate::llm::pool::LlmService;
 use crate::model::{
     now_ms, Answer, BotInfo, BotPatch, BotSpec, BotState, DesiredState, EngineError, Inbound,
@@ -148,6 +149,8 @@ pub struct Registry {
     log: Logger,
     /// Set once the daemon is shutting down: nothing restarts any more.
     shutting_down: bool,
+    /// The conversation-context cache every bot shares.
+    cache: ContextCache,
 }
 
 fn spec_from_row(row: &BotRow) -> Result<BotSpec, EngineError> {
@@ -215,12 +218,18 @@ impl Registry {
             next_arbiter: 0,
             log,
             shutting_down: false,
+            cache: ContextCache::in_process(),
         }
     }
 
     /// How often pools are checked and how often they may scale up.
     pub fn with_pool_settings(mut self, settings: PoolSettings) -> Self {
         self.pool_settings = settings;
+        self
+    }
+    /// Uses `cache` for conversation context (the default is in-process).
+    pub fn with_cache(mut self, cache: ContextCache) -> Self {
+        self.cache = cache;
         self
     }
 
@@ -258,6 +267,7 @@ impl Registry {
             queue: entry.queue.clone(),
             store: self.store.clone(),
             llm: self.llm.clone(),
+            cache: self.cache.clone(),
             log: self
                 .log
                 .new(o!("bot" => entry.spec.name.as_str().to_owned())),

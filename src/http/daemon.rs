@@ -125,6 +125,17 @@ async fn readyz(state: Arc<AppState>) -> Response {
     } else {
         "ok"
     };
+    // Redis is reported, never decides readiness: without it the cache is in-process.
+    let redis = match &state.redis {
+        None => "disabled",
+        Some(r) => {
+            if r.ping().await {
+                "ok"
+            } else {
+                "down"
+            }
+        }
+    };
     let phase = state.phase.get();
     let ready = phase == Phase::Ready && database == "ok";
     let body = Ready {
@@ -137,7 +148,7 @@ async fn readyz(state: Arc<AppState>) -> Response {
         checks: ReadyChecks {
             database,
             llm,
-            redis: "disabled",
+            redis,
         },
     };
     if ready {

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use botd_actors::model::{EngineError, Inbound, Target};
+use botd_actors::model::{Answer, EngineError, Inbound, Target};
 use botd_actors::names::{Conversation, PoolName};
 use botd_actors::registry::Ticket;
 use botd_actors::settings::check_range;
@@ -93,7 +93,7 @@ impl SendRequest {
     }
 }
 
-pub fn pool_name(s: &str) -> Result<PoolName, ApiError> {
+pub(crate) fn pool_name(s: &str) -> Result<PoolName, ApiError> {
     PoolName::parse(s).map_err(|e| ApiError::invalid_field(format!("pool: {e}")))
 }
 
@@ -249,22 +249,28 @@ async fn history(
     ))
 }
 
+/// Validates a message and queues it with the Registry: the one way in for plain, SSE and
+/// WebSocket callers alike. `tokens` gets the pieces of a streamed reply.
+pub(crate) async fn submit(
+    state: &AppState,
+    target: Target,
+    body: SendRequest,
+    tokens: Option<mpsc::UnboundedSender<String>>,
+) -> Result<Ticket, ApiError> {
+    let inbound = body.into_inbound(state, target, CancellationToken::new(), tokens)?;
+    Ok(state.registry.send(inbound).await?)
+}
+
 async fn send(state: Arc<AppState>, target: Target, id: RequestId, body: SendRequest) -> Response {
-    let stream = body.stream.unwrap_or(false);
-    let cancel = CancellationToken::new();
-    let (tx, rx) = if stream {
+    let (tx, rx) = if body.stream.unwrap_or(false) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
-    let inbound = match body.into_inbound(&state, target, cancel, tx) {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
-    };
-    let ticket = match state.registry.send(inbound).await {
+    let ticket = match submit(&state, target, body, tx).await {
         Ok(t) => t,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     match rx {
         None => match ticket.wait().await {
@@ -281,9 +287,54 @@ async fn send(state: Arc<AppState>, target: Target, id: RequestId, body: SendReq
     }
 }
 
-fn log_internal(state: &AppState, e: &EngineError, id: &RequestId) {
+/// Logs the details of a failure inside botd (they never reach the caller).
+pub(crate) fn log_internal(state: &AppState, e: &EngineError, id: &RequestId) {
     if let EngineError::Internal(what) | EngineError::Store(what) = e {
         slog::error!(state.log, "A request failed inside botd."; "error" => what.as_str(), "request_id" => &*id.0);
+    }
+}
+
+/// What a streamed message tells its caller: each piece as it arrives, then its end.
+pub(crate) enum Relayed {
+    Token(String),
+    Done(Result<Answer, EngineError>),
+}
+
+/// Drives a ticket for a streaming caller (SSE or WebSocket): sends each piece, then the
+/// answer, through `out` as `frame` makes them. It returns early when `gone` resolves (the
+/// caller left) or `out` is closed; dropping the ticket then cancels the message, its
+/// model call included.
+pub(crate) async fn relay<T>(
+    ticket: Ticket,
+    mut tokens: mpsc::UnboundedReceiver<String>,
+    out: &mpsc::Sender<T>,
+    gone: impl std::future::Future<Output = ()>,
+    mut frame: impl FnMut(Relayed) -> T,
+) {
+    let answer = ticket.wait();
+    tokio::pin!(answer, gone);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut gone => return,
+            Some(piece) = tokens.recv() => {
+                if out.send(frame(Relayed::Token(piece))).await.is_err() {
+                    return;
+                }
+            }
+            result = &mut answer => {
+                // Pieces that arrived with the answer go out before it.
+                let mut rest = String::new();
+                while let Ok(p) = tokens.try_recv() {
+                    rest.push_str(&p);
+                }
+                if !rest.is_empty() && out.send(frame(Relayed::Token(rest))).await.is_err() {
+                    return;
+                }
+                let _ = out.send(frame(Relayed::Done(result))).await;
+                return;
+            }
+        }
     }
 }
 
@@ -299,46 +350,24 @@ fn token_event(piece: String) -> Event {
 fn sse_events(
     state: Arc<AppState>,
     ticket: Ticket,
-    mut tokens: mpsc::UnboundedReceiver<String>,
+    tokens: mpsc::UnboundedReceiver<String>,
     id: RequestId,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + Sync {
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
-        let answer = ticket.wait();
-        tokio::pin!(answer);
-        loop {
-            tokio::select! {
-                biased;
-                _ = tx.closed() => return,
-                Some(piece) = tokens.recv() => {
-                    if tx.send(Ok(token_event(piece))).await.is_err() {
-                        return;
-                    }
-                }
-                result = &mut answer => {
-                    // Pieces that arrived with the answer go out before it.
-                    let mut rest = String::new();
-                    while let Ok(p) = tokens.try_recv() {
-                        rest.push_str(&p);
-                    }
-                    if !rest.is_empty() && tx.send(Ok(token_event(rest))).await.is_err() {
-                        return;
-                    }
-                    let _ = tx.send(Ok(final_event(&state, result, &id))).await;
-                    return;
-                }
-            }
-        }
+        relay(ticket, tokens, &tx, tx.closed(), |r| {
+            Ok(match r {
+                Relayed::Token(piece) => token_event(piece),
+                Relayed::Done(result) => final_event(&state, result, &id),
+            })
+        })
+        .await
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// The final SSE event: `done` with the answer, or `error` with the error object.
-fn final_event(
-    state: &AppState,
-    result: Result<botd_actors::model::Answer, EngineError>,
-    id: &RequestId,
-) -> Event {
+fn final_event(state: &AppState, result: Result<Answer, EngineError>, id: &RequestId) -> Event {
     match result {
         Ok(answer) => {
             let data = serde_json::to_string(&AnswerView::from(answer)).unwrap_or_default();

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod pools;
 pub mod users;
 pub mod view;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub fn routes(
             .or(logs::routes(state.clone()))
             .unify()
             .or(daemon::api_routes(state.clone()))
+            .unify()
+            .or(ws::routes(state.clone()))
             .unify()
             .or(openapi::route())
             .unify()

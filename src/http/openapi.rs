@@ -80,6 +80,7 @@ pub const BEARER: &str = "bearerAuth";
         ops::list_users,
         ops::update_user,
         ops::delete_user,
+        ops::websocket,
     ),
     components(schemas(
         CreateBotRequest,
@@ -1166,4 +1167,32 @@ mod ops {
         extensions(("x-botd-role" = json!("admin"))),
     )]
     fn delete_user() {}
+    /// Messages over a WebSocket.
+    ///
+    /// Authenticate with the `Authorization` header or, without one, with a first text
+    /// frame `{"type":"auth","token":"…"}` (within `http.header_read_timeout_ms`).
+    /// Frames in: `{"type":"message","id","bot"|"pool","content","conversation"?,
+    /// "priority"?,"timeout_ms"?}` (the fields of `SendRequest`; `id` is the client's own
+    /// string of 1 to 128 bytes, not reused while its message runs). Frames out:
+    /// `{"type":"ready","sub"}`, `{"type":"token","id","bot","content"}`,
+    /// `{"type":"reply","id","message_id",…the rest of AnswerView…}` and
+    /// `{"type":"error","id"?,"error":{…}}`. An error frame leaves the socket open; a
+    /// failed authentication closes it with 1008, a frame over `http.max_body_bytes`
+    /// with 1009. Closing the socket cancels its running messages.
+    #[utoipa::path(
+        get,
+        path = "/api/v1/ws",
+        tag = "messages",
+        responses(
+            (status = 101, description = "Switching protocols: the WebSocket is open."),
+            (status = 400, description = "`invalid_field`: the request is not a WebSocket upgrade.", body = ErrorBody),
+            (status = 401, description = E401, body = ErrorBody),
+            (status = 403, description = E403_OPERATOR, body = ErrorBody),
+            (status = 429, description = E429, body = ErrorBody),
+            (status = 500, description = E500, body = ErrorBody),
+        ),
+        security(("bearerAuth" = [])),
+        extensions(("x-botd-role" = json!("operator"))),
+    )]
+    fn websocket() {}
 }
