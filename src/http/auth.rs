@@ -194,8 +194,13 @@ pub fn routes(
 async fn login(state: Arc<AppState>, addr: Option<ClientAddr>, body: LoginRequest) -> Response {
     respond(
         async {
-            // Attempts count whether they succeed or not, per client IP and username.
-            let key = format!("{}/{}", client_ip(addr), body.username);
+            // Attempts count whether they succeed or not, per client IP and username (a
+            // name no user can have shares one bucket, so keys stay short and few).
+            let shown = match Username::parse(&body.username) {
+                Ok(_) => body.username.as_str(),
+                Err(_) => "-",
+            };
+            let key = format!("{}/{shown}", client_ip(addr));
             state
                 .limits
                 .logins
