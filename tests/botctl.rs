@@ -1223,3 +1223,129 @@ async fn pools_put_list_get_send_history_and_delete() {
     .await
     .usage_error();
 }
+
+/// Reads a child's stdout until it holds `want`, on a blocking thread, within 30 s.
+async fn read_until(
+    mut stdout: std::process::ChildStdout,
+    mut got: Vec<u8>,
+    want: &str,
+) -> (Vec<u8>, std::process::ChildStdout) {
+    let want = want.to_owned();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 256];
+            while !String::from_utf8_lossy(&got).contains(&want) {
+                let n = stdout.read(&mut buf).expect("read stdout");
+                assert!(
+                    n > 0,
+                    "stdout closed early: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&buf[..n]);
+            }
+            (got, stdout)
+        }),
+    )
+    .await
+    .expect("the output arrives in time")
+    .expect("reader")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_is_a_conversation_of_stdin_lines_and_streamed_replies() {
+    let app = spawn_app().await;
+    app.running_bot("chatty", json!({"system_prompt": "Be brief."}))
+        .await;
+    app.sim.set_piece_chars(2);
+    let mut child = command(
+        &app.base,
+        Some(&app.operator),
+        &["chat", "chatty", "--conversation", "talk"],
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .expect("botctl starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"hello there\n").unwrap();
+    let (got, stdout) = read_until(stdout, Vec::new(), "echo: hello there\n").await;
+    // Each turn is answered before the next is read: the second line goes after.
+    stdin.write_all(b"and again\n").unwrap();
+    let (got, mut stdout) = read_until(stdout, got, "echo: and again\n").await;
+    drop(stdin);
+    let status = tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).unwrap();
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "end of input ends the chat cleanly");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "echo: hello there\necho: and again\n"
+    );
+    // One conversation: the second turn had the first as context.
+    let last = app.sim.chat_requests().last().unwrap()["messages"].clone();
+    assert_eq!(
+        last,
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": "echo: hello there"},
+            {"role": "user", "content": "and again"},
+        ])
+    );
+    let (_, h) = app
+        .get(
+            "/api/v1/bots/chatty/messages?conversation=talk",
+            &app.viewer,
+        )
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 4, "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_talks_to_a_pool_and_reports_errors_without_ending() {
+    let app = spawn_app().await;
+    app.running_bot("cp-1", json!({"pool": "cp"})).await;
+    app.sim.fail_next(1, 404, "model 'x' not found");
+    let mut child = command(&app.base, Some(&app.operator), &["chat", "--pool", "cp"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("botctl starts");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\nsecond\n").unwrap();
+    drop(stdin);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "echo: second\n", "stderr: {stderr}");
+    assert!(stderr.contains("botctl: llm_error: "), "{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed turn makes the exit status 1"
+    );
+    // An unknown bot, and a viewer's token (refused at the upgrade).
+    let o = finish(
+        command(&app.base, Some(&app.operator), &["chat", "nobody"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(b"hi\n")?;
+                c.wait_with_output()
+            })
+            .unwrap(),
+    );
+    o.api_error("bot_not_found");
+    let o = finish(
+        command(&app.base, Some(&app.viewer), &["chat", "cp-1"])
+            .output()
+            .unwrap(),
+    );
+    o.api_error("forbidden");
+}

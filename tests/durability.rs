@@ -1,5 +1,6 @@
-//! The daemon as a child process: nothing answered 200 is lost to `kill -9` (SQLite and
-//! PostgreSQL), desired state survives, and the signals do what ARCHITECTURE.md says.
+//! The daemon as a child process: nothing answered (a 200, a stream's `done`, a WebSocket
+//! `reply` frame) is lost to `kill -9` (SQLite and PostgreSQL), desired state survives,
+//! and the signals do what ARCHITECTURE.md says.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -133,6 +134,85 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) 
     }
 }
 
+/// Sends streamed messages (SSE) until the daemon goes away; collects each `done` answer.
+async fn sse_client(http: reqwest::Client, base: String, c: usize, out: Arc<Mutex<Vec<Value>>>) {
+    for i in 0.. {
+        let bot = ["k1", "k2", "k3"][(c + i) % 3];
+        let r = http
+            .post(format!("{base}/api/v1/bots/{bot}/messages"))
+            .bearer_auth(token())
+            .json(&json!({"content": format!("sse {c} message {i}"), "conversation": format!("s{c}"), "stream": true}))
+            .send()
+            .await;
+        let Ok(r) = r else { return };
+        // A stream cut by the kill ends without its `done`, which promised nothing.
+        let Ok(text) = r.text().await else { return };
+        for event in text.split("\n\n") {
+            let field = |name: &str| {
+                event.lines().find_map(|l| {
+                    l.strip_prefix(name)
+                        .map(|v| v.strip_prefix(' ').unwrap_or(v).to_owned())
+                })
+            };
+            if field("event:").as_deref() == Some("done") {
+                let data = field("data:").expect("a done event has data");
+                out.lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&data).unwrap());
+            }
+        }
+    }
+}
+
+/// Keeps three messages running over one WebSocket until the daemon goes away; collects
+/// each `reply` frame, as an answer (its `message_id` as `id`).
+async fn ws_client(addr: String, out: Arc<Mutex<Vec<Value>>>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut req = format!("ws://{addr}/api/v1/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token()).parse().unwrap(),
+    );
+    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(req).await else {
+        return;
+    };
+    let mut next = 0usize;
+    let frame = |i: usize| {
+        let bot = ["k1", "k2", "k3"][i % 3];
+        Message::text(
+            json!({"type": "message", "id": format!("w{i}"), "bot": bot,
+                   "content": format!("ws message {i}"), "conversation": format!("w{}", i % 3)})
+            .to_string(),
+        )
+    };
+    for _ in 0..3 {
+        if socket.send(frame(next)).await.is_err() {
+            return;
+        }
+        next += 1;
+    }
+    while let Some(Ok(m)) = socket.next().await {
+        let Message::Text(t) = m else { continue };
+        let mut f: Value = serde_json::from_str(&t).unwrap();
+        match f["type"].as_str() {
+            Some("reply") => {
+                f["id"] = f["message_id"].clone();
+                out.lock().unwrap().push(f);
+            }
+            Some("error") => {}
+            _ => continue,
+        }
+        if socket.send(frame(next)).await.is_err() {
+            return;
+        }
+        next += 1;
+    }
+}
+
 /// Several clients send until the daemon is killed; every 200 must survive.
 async fn nothing_answered_is_lost_to_kill_9(db: TestDb) {
     let sim = Simulator::start().await.unwrap();
@@ -170,10 +250,27 @@ async fn nothing_answered_is_lost_to_kill_9(db: TestDb) {
             }
         }));
     }
-    // Kill mid-load, once a good number have been answered.
+    // Streams: every `done` event and every WebSocket `reply` frame is a promise too.
+    let streamed = Arc::new(Mutex::new(Vec::<Value>::new()));
+    for c in 0..2 {
+        let (http, base, streamed) = (http.clone(), p.url(""), streamed.clone());
+        clients.push(tokio::spawn(sse_client(http, base, c, streamed)));
+    }
+    let framed = Arc::new(Mutex::new(Vec::<Value>::new()));
+    clients.push(tokio::spawn(ws_client(p.addr.clone(), framed.clone())));
+    // Kill mid-load, once a good number have been answered in each way.
     let until = Instant::now() + WAIT;
-    while answered.lock().unwrap().len() < 60 {
-        assert!(Instant::now() < until);
+    while answered.lock().unwrap().len() < 60
+        || streamed.lock().unwrap().len() < 4
+        || framed.lock().unwrap().len() < 4
+    {
+        assert!(
+            Instant::now() < until,
+            "answered {} plain, {} streamed, {} over the WebSocket",
+            answered.lock().unwrap().len(),
+            streamed.lock().unwrap().len(),
+            framed.lock().unwrap().len()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     p.signal("KILL");
@@ -181,7 +278,11 @@ async fn nothing_answered_is_lost_to_kill_9(db: TestDb) {
     for c in clients {
         c.await.unwrap();
     }
-    let answered = answered.lock().unwrap().clone();
+    let mut answered = answered.lock().unwrap().clone();
+    let (n_streamed, n_framed) = (streamed.lock().unwrap().len(), framed.lock().unwrap().len());
+    answered.extend(streamed.lock().unwrap().iter().cloned());
+    answered.extend(framed.lock().unwrap().iter().cloned());
+    assert!(n_streamed >= 4 && n_framed >= 4);
     let p = spawn(&config);
     for b in ["k1", "k2", "k3"] {
         let r = http

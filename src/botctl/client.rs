@@ -72,13 +72,16 @@ pub enum CtlError {
     Unreachable(String),
     /// The daemon did not answer in time (exit 3).
     Timeout(String),
+    /// An API error whose line was printed already (`chat` prints each as it comes);
+    /// only its exit status is left (exit 1).
+    Reported,
 }
 
 impl CtlError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CtlError::Usage(_) => EXIT_USAGE,
-            CtlError::Api { .. } | CtlError::BadResponse(_) => EXIT_API,
+            CtlError::Api { .. } | CtlError::BadResponse(_) | CtlError::Reported => EXIT_API,
             CtlError::Unreachable(_) | CtlError::Timeout(_) => EXIT_UNREACHABLE,
         }
     }
@@ -90,6 +93,7 @@ impl CtlError {
             CtlError::BadResponse(m) => format!("botctl: bad_response: {m}"),
             CtlError::Unreachable(m) => format!("botctl: unreachable: {m}"),
             CtlError::Timeout(m) => format!("botctl: timeout: {m}"),
+            CtlError::Reported => String::new(),
             CtlError::Api {
                 status,
                 code,
@@ -238,6 +242,25 @@ impl Client {
             .build()
             .map_err(|e| CtlError::Usage(format!("cannot set up HTTP: {e}")))?;
         Ok(Self { http, base, token })
+    }
+
+    /// The WebSocket URL of `/api/v1/ws` (`ws://` for `http://`, `wss://` for `https://`).
+    pub fn ws_url(&self) -> Url {
+        let mut url = self.url(&["ws".to_owned()], &[]);
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        // Both schemes are special, so the change is always allowed.
+        let _ = url.set_scheme(scheme);
+        url
+    }
+
+    /// The `Authorization` header value, when a token was given.
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        self.token.as_ref().and_then(Secret::header)
+    }
+
+    /// Whether a token was given.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The base URL as it may be shown (without any password in it).

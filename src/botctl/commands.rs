@@ -65,6 +65,18 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 send(&client, json, "bots", &name, body, timeout).await
             }
         }
+        Command::Chat {
+            name,
+            pool,
+            conversation,
+        } => {
+            let peer = match (name, pool) {
+                (_, Some(p)) => super::chat::Peer::Pool(p),
+                (Some(n), None) => super::chat::Peer::Bot(n),
+                (None, None) => return Err(CtlError::Usage("name a bot or --pool".into())),
+            };
+            super::chat::chat(&client, json, peer, conversation).await
+        }
         Command::History {
             name,
             conversation,

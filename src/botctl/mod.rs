@@ -9,6 +9,7 @@
 //! - [`client`]: the HTTP exchange and the error type ([`client::CtlError`]) with its
 //!   stderr line and exit status;
 //! - [`sse`]: the `text/event-stream` parser behind `send --stream`;
+//! - [`chat`]: `botctl chat`, a conversation over the WebSocket;
 //! - [`output`]: tables, key/value blocks, times.
 //!
 //! # Contract
@@ -36,6 +37,7 @@
 //! `{"missed": N}` line becomes a warning line. With `-f` the stream only ends when the
 //! daemon goes away, which is exit 3 like any broken connection.
 
+pub mod chat;
 pub mod client;
 pub mod commands;
 pub mod output;
@@ -198,6 +200,19 @@ pub enum Command {
         #[arg(long)]
         stream: bool,
     },
+    /// Chat with a bot (or a pool) over the WebSocket (operator): each line of stdin is a
+    /// turn, its reply streams to stdout.
+    Chat {
+        /// The bot's name.
+        #[arg(required_unless_present = "pool", conflicts_with = "pool")]
+        name: Option<String>,
+        /// Talk to this pool instead of one bot.
+        #[arg(long, value_name = "POOL")]
+        pool: Option<String>,
+        /// The conversation to continue (default: a new `chat-…` one).
+        #[arg(long, short = 'c', value_name = "ID")]
+        conversation: Option<String>,
+    },
     /// A bot's message history, newest first.
     History {
         /// The bot's name.
@@ -354,7 +369,10 @@ where
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{}", e.line());
+            let line = e.line();
+            if !line.is_empty() {
+                eprintln!("{line}");
+            }
             e.exit_code()
         }
     }

@@ -80,6 +80,12 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// table. The claims carry the role in force.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    authenticate_token(state, token).await
+}
+
+/// Checks a bearer token as [`authenticate`] does (the WebSocket's first frame carries
+/// one).
+pub async fn authenticate_token(state: &AppState, token: &str) -> Result<Claims, ApiError> {
     let claims = state.jwt.verify(token).map_err(|e| {
         slog::debug!(state.log, "A token was refused."; "error" => e.to_string());
         ApiError::unauthorized()

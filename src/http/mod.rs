@@ -80,21 +80,6 @@ pub fn auth(
     auth::require(state, need)
 }
 
-/// Verifies an `Authorization` header's bearer token; every failure is the same 401.
-/// This checks the signature and claims only: a user token also needs the users table,
-/// which [`auth::authenticate`] checks.
-pub fn check_token(state: &AppState, header: Option<&str>) -> Result<Claims, ApiError> {
-    let token = header
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(ApiError::unauthorized)?;
-    state.jwt.verify(token).map_err(|e| {
-        slog::debug!(state.log, "A token was refused."; "error" => e.to_string());
-        ApiError::unauthorized()
-    })
-}
-
 /// Reads a JSON body of at most `http.max_body_bytes` and decodes it strictly: a body that
 /// is not JSON is `invalid_json`, an unknown field or a wrong type `invalid_field` naming
 /// the field.

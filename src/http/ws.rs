@@ -29,7 +29,7 @@ use super::bots::bot_name;
 use super::error::ApiError;
 use super::messages::{self, pool_name, Relayed, SendRequest};
 use super::view::AnswerView;
-use super::{check_token, parse_json, request_id, with_state};
+use super::{parse_json, request_id, with_state};
 use crate::auth::{Claims, Role};
 use crate::state::{AppState, RequestId};
 
@@ -93,19 +93,19 @@ pub fn routes(
         .and(request_id())
         .and(warp::header::optional::<String>("authorization"))
         .and(upgrade)
-        .map(handshake)
+        .then(handshake)
 }
 
 /// Checks what can be checked before the upgrade: a token in the header (401/403 as for
 /// any route), and that this is an upgrade at all.
-fn handshake(
+async fn handshake(
     state: Arc<AppState>,
     rid: RequestId,
     header: Option<String>,
     ws: Option<Ws>,
 ) -> Response {
     let claims = match header {
-        Some(h) => match authorize(&state, Some(&h)) {
+        Some(h) => match authorize(&state, Some(&h)).await {
             Ok(c) => Some(c),
             Err(e) => return e.into_response(),
         },
@@ -125,8 +125,14 @@ fn handshake(
 }
 
 /// A token's claims, if it is valid and its role may use the WebSocket.
-fn authorize(state: &AppState, header: Option<&str>) -> Result<Claims, ApiError> {
-    let claims = check_token(state, header)?;
+async fn authorize(state: &AppState, header: Option<&str>) -> Result<Claims, ApiError> {
+    // The same check as every route's: a user token follows its user's row.
+    let token = header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    let claims = super::auth::authenticate_token(state, token).await?;
     if claims.role < Role::Operator {
         return Err(ApiError::forbidden(Role::Operator.as_str()));
     }
@@ -205,7 +211,7 @@ async fn session(state: Arc<AppState>, rid: RequestId, claims: Option<Claims>, s
         match (incoming, &subject) {
             (Ok(Incoming::Auth(frame)), None) => {
                 let header = format!("Bearer {}", frame.token);
-                match authorize(&state, Some(&header)) {
+                match authorize(&state, Some(&header)).await {
                     Ok(c) => {
                         let _ = out.send(ready_frame(&c.sub)).await;
                         subject = Some(c.sub);
