@@ -274,6 +274,9 @@ pub struct Throughput {
 
 const QS: [f64; 3] = [0.5, 0.99, 0.999];
 
+/// One throughput run: direct, botd, the percentile differences, the daemon histogram's.
+type RunStats = (Stats, Stats, Vec<f64>, Vec<f64>);
+
 /// Settings for runs whose model answers at once: the LLM pool, bots' concurrency and
 /// queues out of the way, so the daemon's own path is what is measured.
 fn fast_extra() -> Vec<(&'static str, String)> {
@@ -345,9 +348,7 @@ pub async fn throughput(
         );
         per.push((d, s, diff, own));
     }
-    let med = |f: &dyn Fn(&(Stats, Stats, Vec<f64>, Vec<f64>)) -> f64| {
-        median(per.iter().map(f).collect())
-    };
+    let med = |f: &dyn Fn(&RunStats) -> f64| median(per.iter().map(f).collect());
     let mut t = Throughput {
         db: db.name(),
         rate,
