@@ -77,6 +77,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub db_connections: IntGaugeVec,
     pub db_query_duration: Histogram,
+    /// Writes per group commit of the store's writer (1 = a write committed alone).
+    pub db_write_batch: Histogram,
     pub build_info: IntGaugeVec,
 }
 
@@ -202,6 +204,14 @@ impl Metrics {
                 "botd_db_query_duration_seconds",
                 "Time of one store operation.",
             ),
+            db_write_batch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "botd_db_write_batch_size",
+                    "Writes committed together in one group commit of the store's writer.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )
+            .unwrap_or_else(|e| panic!("metric botd_db_write_batch_size: {e}")),
             build_info: gauge_vec(
                 "botd_build_info",
                 "Always 1; labels say the build.",
@@ -231,6 +241,7 @@ impl Metrics {
             Box::new(m.rejections.clone()),
             Box::new(m.db_connections.clone()),
             Box::new(m.db_query_duration.clone()),
+            Box::new(m.db_write_batch.clone()),
             Box::new(m.build_info.clone()),
         ];
         for c in all {
@@ -308,6 +319,7 @@ mod tests {
             "botd_llm_breaker_open",
             "botd_rejections_total",
             "botd_db_pool_connections",
+            "botd_db_write_batch_size",
             "botd_build_info",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

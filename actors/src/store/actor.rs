@@ -1,13 +1,29 @@
 //! The Store actor: diesel blocks, so queries run on `SyncArbiter` threads, never on an
 //! async executor. One generic message carries any query function.
+//!
+//! Writes that must run one at a time (all of SQLite's, and the ordered writes on either
+//! backend) go to a [`GroupWriter`] instead: one thread that takes every write already
+//! queued (up to [`MAX_BATCH`]) and commits them together in one transaction, each in a
+//! savepoint of its own so that one write failing does not undo the others. A batch of
+//! one runs exactly as a lone write always did. No caller is answered before the commit
+//! that holds its rows has returned, so grouping changes what a commit costs, not what
+//! an answer promises.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use actix::prelude::*;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use tokio::sync::oneshot;
 
 use super::{Db, DbConn, StoreError};
 
 type Job<R> = Box<dyn FnOnce(&mut DbConn) -> Result<R, StoreError> + Send>;
+
+/// Writes at most in one group commit: enough to share a commit among every caller of a
+/// busy moment, few enough that the first of them does not wait long for the last.
+pub const MAX_BATCH: usize = 64;
 
 /// Runs one query function on a pooled connection.
 pub struct Run<R: Send + 'static>(Job<R>);
@@ -31,22 +47,26 @@ impl<R: Send + 'static> Handler<Run<R>> for Store {
     fn handle(&mut self, msg: Run<R>, _: &mut Self::Context) -> Self::Result {
         let started = std::time::Instant::now();
         let mut conn = self.pool.get()?;
-        // A panic would end this arbiter thread for good (actix does not replace it; on
-        // SQLite it is the only writer), so it becomes this caller's error. A connection
-        // left inside a transaction by the panic is then closed, not reused (`has_broken`).
-        let job = AssertUnwindSafe(|| (msg.0)(&mut conn));
-        let result = catch_unwind(job).unwrap_or_else(|panic| {
-            Err(StoreError::Query(format!(
-                "a store job panicked: {}",
-                panic_text(&*panic)
-            )))
-        });
+        let result = run_caught(msg.0, &mut conn);
         drop(conn);
         crate::metrics::Metrics::get()
             .db_query_duration
             .observe(started.elapsed().as_secs_f64());
         result
     }
+}
+
+/// Runs a job. A panic would end the thread for good (actix does not replace a
+/// `SyncArbiter` thread; on SQLite the writer is the only one), so it becomes this
+/// caller's error. A connection left inside a transaction by the panic is then closed,
+/// not reused (`has_broken`).
+fn run_caught<R>(job: Job<R>, conn: &mut DbConn) -> Result<R, StoreError> {
+    catch_unwind(AssertUnwindSafe(|| job(conn))).unwrap_or_else(|panic| {
+        Err(StoreError::Query(format!(
+            "a store job panicked: {}",
+            panic_text(&*panic)
+        )))
+    })
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
@@ -59,13 +79,252 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The addresses of the reader and writer arbiters.
+/// A write waiting in the [`GroupWriter`]'s queue, its result type erased.
+trait Pending: Send {
+    /// Runs the job; returns whether it succeeded.
+    fn run(&mut self, conn: &mut DbConn) -> bool;
+    /// Answers the caller: its own result once `commit` is `Ok`, else an error.
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Write<R> {
+    job: Option<Job<R>>,
+    result: Option<Result<R, StoreError>>,
+    /// `None` for a detached write.
+    reply: Option<oneshot::Sender<Result<R, StoreError>>>,
+}
+
+impl<R: Send + 'static> Pending for Write<R> {
+    fn run(&mut self, conn: &mut DbConn) -> bool {
+        let Some(job) = self.job.take() else {
+            return false;
+        };
+        let result = run_caught(job, conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), StoreError>) {
+        let result = match (commit, self.result) {
+            (Ok(()), Some(r)) => r,
+            // Its own error says more than the batch's.
+            (Err(_), Some(Err(own))) => Err(own),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Unavailable("the write did not run".into())),
+        };
+        // A detached write has no caller to tell.
+        if let Some(tx) = self.reply {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// The transaction depth of the connection's transaction manager (0 = none).
+fn depth(conn: &mut DbConn) -> Result<u32, StoreError> {
+    crate::with_conn!(conn, c => AnsiTransactionManager::transaction_manager_status_mut(c)
+        .transaction_depth()
+        .map(|d| d.map_or(0, |d| d.get())))
+    .map_err(StoreError::from)
+}
+
+fn begin(conn: &mut DbConn) -> Result<(), StoreError> {
+    crate::with_conn!(conn, c => AnsiTransactionManager::begin_transaction(c))
+        .map_err(StoreError::from)
+}
+
+fn commit(conn: &mut DbConn) -> Result<(), StoreError> {
+    crate::with_conn!(conn, c => AnsiTransactionManager::commit_transaction(c))
+        .map_err(StoreError::from)
+}
+
+fn rollback(conn: &mut DbConn) -> Result<(), StoreError> {
+    crate::with_conn!(conn, c => AnsiTransactionManager::rollback_transaction(c))
+        .map_err(StoreError::from)
+}
+
+/// Runs one write of a batch in a savepoint: released when the job succeeded, rolled
+/// back when it failed. An error here means the batch's transaction cannot go on.
+fn run_in_savepoint(conn: &mut DbConn, write: &mut dyn Pending) -> Result<(), StoreError> {
+    begin(conn)?;
+    let ok = write.run(conn);
+    // A job that panicked inside a transaction of its own left it open: unwind to ours.
+    while depth(conn)? > 2 {
+        rollback(conn)?;
+    }
+    if depth(conn)? != 2 {
+        return Err(StoreError::Unavailable(
+            "a write left the group commit's transaction".into(),
+        ));
+    }
+    if ok {
+        commit(conn)
+    } else {
+        rollback(conn)
+    }
+}
+
+/// The single thread that runs writes in order, grouping what is queued into one commit.
+struct GroupWriter {
+    pool: super::conn::Pool,
+    queue: mpsc::Receiver<Box<dyn Pending>>,
+}
+
+impl GroupWriter {
+    /// Starts the thread; it ends when every sender is gone.
+    fn start(pool: super::conn::Pool, name: &str) -> mpsc::Sender<Box<dyn Pending>> {
+        let (tx, queue) = mpsc::channel();
+        let writer = GroupWriter { pool, queue };
+        let spawned = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || writer.run());
+        if let Err(e) = spawned {
+            // Without the thread every write answers "unavailable" (its queue is closed).
+            eprintln!("botd: cannot start the store's writer thread: {e}");
+        }
+        tx
+    }
+
+    fn run(self) {
+        while let Ok(first) = self.queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.queue.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&self, mut batch: Vec<Box<dyn Pending>>) {
+        let started = Instant::now();
+        let metrics = crate::metrics::Metrics::get();
+        metrics.db_write_batch.observe(batch.len() as f64);
+        let mut conn = match self.pool.get() {
+            Ok(c) => c,
+            Err(e) => {
+                let e = StoreError::from(e);
+                for w in batch {
+                    w.answer(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let outcome = if batch.len() == 1 {
+            // Alone: the job commits its own statements, as it always did.
+            batch[0].run(&mut conn);
+            Ok(())
+        } else {
+            self.commit_group(&mut conn, &mut batch)
+        };
+        drop(conn);
+        let took = started.elapsed().as_secs_f64();
+        for w in batch {
+            metrics.db_query_duration.observe(took);
+            w.answer(outcome.clone());
+        }
+    }
+
+    /// BEGIN, each write in its savepoint, COMMIT. On any error of the transaction itself
+    /// it is rolled back and every write of the batch fails with that error.
+    fn commit_group(
+        &self,
+        conn: &mut DbConn,
+        batch: &mut [Box<dyn Pending>],
+    ) -> Result<(), StoreError> {
+        let result = (|| {
+            if depth(conn)? != 0 {
+                return Err(StoreError::Unavailable(
+                    "the writer's connection is inside a transaction".into(),
+                ));
+            }
+            begin(conn)?;
+            for w in batch.iter_mut() {
+                run_in_savepoint(conn, w.as_mut())?;
+            }
+            commit(conn)
+        })();
+        if result.is_err() {
+            // Best effort; a connection still inside a transaction is closed by the pool.
+            while depth(conn).unwrap_or(0) > 0 {
+                if rollback(conn).is_err() {
+                    break;
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Where a write goes: a `SyncArbiter` (PostgreSQL's concurrent writes) or the group
+/// writer.
+#[derive(Clone)]
+enum Writer {
+    Arbiter(Addr<Store>),
+    Group(mpsc::Sender<Box<dyn Pending>>),
+}
+
+impl Writer {
+    fn run<R: Send + 'static>(
+        &self,
+        job: Job<R>,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> {
+        // Both queue the write now, before the future is first polled.
+        let queued = match self {
+            Writer::Arbiter(addr) => Queued::Arbiter(addr.send(Run(job))),
+            Writer::Group(tx) => {
+                let (reply, rx) = oneshot::channel();
+                let write = Write {
+                    job: Some(job),
+                    result: None,
+                    reply: Some(reply),
+                };
+                match tx.send(Box::new(write)) {
+                    Ok(()) => Queued::Group(Some(rx)),
+                    Err(_) => Queued::Group(None),
+                }
+            }
+        };
+        async move {
+            let gone = |e: &dyn std::fmt::Display| {
+                StoreError::Unavailable(format!("the store is not answering: {e}"))
+            };
+            match queued {
+                Queued::Arbiter(sent) => sent.await.map_err(|e| gone(&e))?,
+                Queued::Group(Some(rx)) => rx.await.map_err(|e| gone(&e))?,
+                Queued::Group(None) => Err(gone(&"its writer thread has stopped")),
+            }
+        }
+    }
+
+    fn detach(&self, job: Job<()>) {
+        match self {
+            Writer::Arbiter(addr) => addr.do_send(Run(job)),
+            Writer::Group(tx) => {
+                let _ = tx.send(Box::new(Write {
+                    job: Some(job),
+                    result: None,
+                    reply: None,
+                }));
+            }
+        }
+    }
+}
+
+enum Queued<R: Send + 'static> {
+    Arbiter(actix::dev::Request<Store, Run<R>>),
+    Group(Option<oneshot::Receiver<Result<R, StoreError>>>),
+}
+
+/// The addresses of the reader arbiters and the writers.
 #[derive(Clone)]
 pub struct StoreHandle {
     readers: Addr<Store>,
-    writer: Addr<Store>,
+    writer: Writer,
     /// One thread, so that detached writes run in the order they were queued.
-    ordered: Addr<Store>,
+    ordered: Writer,
     backend: &'static str,
     db: Db,
 }
@@ -74,8 +333,9 @@ pub struct StoreHandle {
 const SQLITE_READER_THREADS: u32 = 8;
 
 impl StoreHandle {
-    /// Starts the arbiters: on SQLite one writer thread with the single writer
-    /// connection, on PostgreSQL writes share the readers' threads.
+    /// Starts the readers' arbiter and the writers: on SQLite one group writer with the
+    /// single writer connection takes every write; on PostgreSQL writes share the
+    /// readers' threads and the ordered ones go to a group writer of their own.
     pub fn start(db: Db) -> StoreHandle {
         let threads = match db.backend() {
             "sqlite" => db.pool_size().min(SQLITE_READER_THREADS),
@@ -86,15 +346,11 @@ impl StoreHandle {
             let pool = db.readers.clone();
             SyncArbiter::start(threads, move || Store { pool: pool.clone() })
         };
-        let single = || {
-            let pool = db.writer.clone();
-            SyncArbiter::start(1, move || Store { pool: pool.clone() })
-        };
+        let group = Writer::Group(GroupWriter::start(db.writer.clone(), "botd-store-writer"));
         let (writer, ordered) = if db.backend() == "sqlite" {
-            let w = single();
-            (w.clone(), w)
+            (group.clone(), group)
         } else {
-            (readers.clone(), single())
+            (Writer::Arbiter(readers.clone()), group)
         };
         StoreHandle {
             readers,
@@ -126,7 +382,7 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        Self::run(&self.readers, Box::new(f)).await
+        Writer::Arbiter(self.readers.clone()).run(Box::new(f)).await
     }
 
     /// Runs a write; it is committed when this answers.
@@ -134,7 +390,7 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        Self::run(&self.writer, Box::new(f)).await
+        self.writer.run(Box::new(f)).await
     }
 
     /// Queues a write without waiting for it; detached writes run one at a time, in the
@@ -143,7 +399,7 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&mut DbConn) -> Result<(), StoreError> + Send + 'static,
     ) {
-        self.ordered.do_send(Run(Box::new(f)));
+        self.ordered.detach(Box::new(f));
     }
 
     /// Runs a write in order with the detached writes (lifecycle state and events): one
@@ -152,12 +408,12 @@ impl StoreHandle {
         &self,
         f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        Self::run(&self.ordered, Box::new(f)).await
+        self.ordered.run(Box::new(f)).await
     }
 
     /// Waits until every detached write queued before this call has run.
     pub async fn flush_detached(&self) -> Result<(), StoreError> {
-        Self::run(&self.ordered, Box::new(|_| Ok(()))).await
+        self.ordered.run(Box::new(|_| Ok(()))).await
     }
 
     /// A cheap query, for readiness.
@@ -169,16 +425,124 @@ impl StoreHandle {
         })
         .await
     }
+}
 
-    fn run<R: Send + 'static>(
-        addr: &Addr<Store>,
-        job: Job<R>,
-    ) -> impl std::future::Future<Output = Result<R, StoreError>> {
-        // `send` queues the message now, before the future is first polled.
-        let sent = addr.send(Run(job));
-        async move {
-            sent.await
-                .map_err(|e| StoreError::Unavailable(format!("the store is not answering: {e}")))?
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+
+    use super::*;
+    use crate::store::queries::{self, UserRow};
+    use crate::store::testing::TestDb;
+
+    fn user(name: &str) -> UserRow {
+        UserRow {
+            username: name.into(),
+            password_hash: "h".into(),
+            role: "viewer".into(),
+            created_at: 1,
+            updated_at: 1,
         }
+    }
+
+    /// Queues an ordered write now (before the returned future is polled).
+    fn queue<R: Send + 'static>(
+        store: &StoreHandle,
+        f: impl FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> + 'static {
+        store.ordered.run(Box::new(f))
+    }
+
+    #[actix::test]
+    async fn queued_writes_commit_together_and_a_failing_one_is_undone_alone() {
+        TestDb::each_async(|db| async move {
+            let be = db.backend();
+            let store = StoreHandle::start(db.open(2));
+            // The first write holds the writer until the others are queued behind it.
+            let (started_tx, started_rx) = std_mpsc::channel();
+            let (gate_tx, gate_rx) = std_mpsc::channel::<()>();
+            let first = queue(&store, move |c| {
+                let _ = started_tx.send(());
+                let _ = gate_rx.recv();
+                queries::insert_user(c, &user("first"))?;
+                depth(c)
+            });
+            let first = actix::spawn(first);
+            tokio::task::spawn_blocking(move || started_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let mut queued = Vec::new();
+            for i in 0..10 {
+                let name = format!("ok-{i}");
+                queued.push(actix::spawn(queue(&store, move |c| {
+                    queries::insert_user(c, &user(&name))?;
+                    depth(c)
+                })));
+            }
+            let failing = actix::spawn(queue(&store, |c| -> Result<u32, StoreError> {
+                queries::insert_user(c, &user("failed"))?;
+                Err(StoreError::Query("refused on purpose".into()))
+            }));
+            let panicking = actix::spawn(queue(&store, |c| -> Result<u32, StoreError> {
+                crate::with_conn!(c, c => {
+                    use diesel::Connection;
+                    c.transaction::<(), diesel::result::Error, _>(|c| {
+                        diesel::connection::SimpleConnection::batch_execute(
+                            c,
+                            "INSERT INTO users (username, password_hash, role, created_at, \
+                             updated_at) VALUES ('ghost', 'h', 'viewer', 1, 1)",
+                        )?;
+                        panic!("boom inside a transaction");
+                    })
+                })?;
+                Ok(0)
+            }));
+            let last = actix::spawn(queue(&store, |c| {
+                queries::insert_user(c, &user("last"))?;
+                depth(c)
+            }));
+            gate_tx.send(()).unwrap();
+            // Alone, the first write ran outside any transaction of the writer's.
+            assert_eq!(first.await.unwrap(), Ok(0), "{be}");
+            // The others shared one transaction, each in its savepoint (depth 2).
+            for q in queued {
+                assert_eq!(q.await.unwrap(), Ok(2), "{be}");
+            }
+            let e = failing.await.unwrap();
+            assert!(
+                matches!(&e, Err(StoreError::Query(m)) if m.contains("on purpose")),
+                "{be}: {e:?}"
+            );
+            let e = panicking.await.unwrap();
+            assert!(
+                matches!(&e, Err(StoreError::Query(m)) if m.contains("boom")),
+                "{be}: {e:?}"
+            );
+            assert_eq!(last.await.unwrap(), Ok(2), "{be}");
+            // Committed (a fresh connection sees them), without the failed writes' rows.
+            let direct = Db::connect(db.url(), 1, "normal").unwrap();
+            let mut c = direct.readers.get().unwrap();
+            let mut names: Vec<String> = queries::list_users(&mut c)
+                .unwrap()
+                .into_iter()
+                .map(|u| u.username)
+                .collect();
+            names.sort();
+            let mut want: Vec<String> = (0..10).map(|i| format!("ok-{i}")).collect();
+            want.extend(["first".to_owned(), "last".to_owned()]);
+            want.sort();
+            assert_eq!(names, want, "{be}");
+            // The writer goes on with a clean connection.
+            store
+                .write_ordered(|c| queries::insert_user(c, &user("after")))
+                .await
+                .unwrap();
+            assert!(
+                queries::get_user(&mut c, "after").unwrap().is_some(),
+                "{be}"
+            );
+        })
+        .await;
     }
 }

@@ -74,9 +74,10 @@ pub struct MessageRow {
     pub created_at: i64,
 }
 
-/// A message to store.
+/// A message to store. `None` is bound as NULL (every optional column defaults to NULL),
+/// so the INSERT's text is the same for every row and its prepared statement is cached.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Insertable)]
-#[diesel(table_name = messages)]
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
 pub struct NewMessage {
     pub bot: String,
     pub pool: Option<String>,
@@ -109,9 +110,9 @@ pub struct EventRow {
     pub detail: String,
 }
 
-/// An event to store.
+/// An event to store (`None` bound as NULL, as for [`NewMessage`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Insertable)]
-#[diesel(table_name = events)]
+#[diesel(table_name = events, treat_none_as_default_value = false)]
 pub struct NewEvent {
     pub ts: i64,
     pub bot: Option<String>,
@@ -360,18 +361,29 @@ pub fn context(
     if n <= 0 {
         return Ok(Vec::new());
     }
-    let mut rows: Vec<MessageRow> = with_conn!(conn, c => {
-        let mut q = messages::table
-            .select(MessageRow::as_select())
-            .filter(messages::conversation.eq(conversation))
-            .filter(messages::status.eq("complete"))
-            .into_boxed();
-        q = match scope {
-            MessageScope::Bot(b) => q.filter(messages::bot.eq(b)).filter(messages::pool.is_null()),
-            MessageScope::Pool(p) => q.filter(messages::pool.eq(p)),
+    // One static query per scope, not a boxed one: diesel caches the prepared statement
+    // of a static query, and this one runs for every message.
+    macro_rules! base {
+        () => {
+            messages::table
+                .select(MessageRow::as_select())
+                .filter(messages::conversation.eq(conversation))
+                .filter(messages::status.eq("complete"))
         };
-        q.order(messages::id.desc()).limit(n).load(c)
-    })?;
+    }
+    let mut rows: Vec<MessageRow> = match scope {
+        MessageScope::Bot(b) => with_conn!(conn, c => base!()
+            .filter(messages::bot.eq(b))
+            .filter(messages::pool.is_null())
+            .order(messages::id.desc())
+            .limit(n)
+            .load(c))?,
+        MessageScope::Pool(p) => with_conn!(conn, c => base!()
+            .filter(messages::pool.eq(p))
+            .order(messages::id.desc())
+            .limit(n)
+            .load(c))?,
+    };
     rows.reverse();
     Ok(rows)
 }
