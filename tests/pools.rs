@@ -33,21 +33,7 @@ async fn send_pool(app: &TestApp, pool: &str, body: Value) -> (u16, Value) {
 }
 
 fn send_pool_bg(app: &TestApp, pool: &str, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
-    let (http, url, token) = (
-        app.http.clone(),
-        app.url(&format!("/api/v1/pools/{pool}/messages")),
-        app.operator.clone(),
-    );
-    tokio::spawn(async move {
-        let r = http
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        status_json(r).await
-    })
+    app.post_bg(&format!("/api/v1/pools/{pool}/messages"), body)
 }
 
 fn names(pool: &Value) -> Vec<String> {

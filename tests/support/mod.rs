@@ -215,11 +215,13 @@ impl TestApp {
 
     /// Sends a message in the background; the handle gives (status, body).
     pub fn send_bg(&self, bot: &str, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
-        let (http, url, token) = (
-            self.http.clone(),
-            self.url(&format!("/api/v1/bots/{bot}/messages")),
-            self.operator.clone(),
-        );
+        self.post_bg(&format!("/api/v1/bots/{bot}/messages"), body)
+    }
+
+    /// POSTs `body` to `path` as the operator in the background; the handle gives
+    /// (status, body).
+    pub fn post_bg(&self, path: &str, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+        let (http, url, token) = (self.http.clone(), self.url(path), self.operator.clone());
         tokio::spawn(async move {
             let r = http
                 .post(url)
