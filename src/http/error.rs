@@ -122,6 +122,11 @@ impl ApiError {
                 h.insert(http::header::RETRY_AFTER, v);
             }
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read, so the connection cannot carry another
+            // request: say so, and no client puts it back in its pool.
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
