@@ -15,6 +15,10 @@
 //! - [`telemetry`]: slog JSON or terminal logs with a live level.
 //! - [`notify`]: systemd's READY/STATUS/WATCHDOG/STOPPING, the watchdog pinging the Registry.
 //! - [`retention`]: deletes messages past `retention.max_age_days`, in batches.
+
+// The API is one warp filter; its nested future types pass the default limit (128) when
+// the release build checks them for `Unpin`.
+#![recursion_limit = "256"]
 pub mod app;
 pub mod auth;
 pub mod botctl;

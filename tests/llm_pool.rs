@@ -92,6 +92,14 @@ async fn a_full_llm_queue_sheds_with_503_llm_overloaded_and_retry_after() {
     gate.open();
     assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(second.await.unwrap().0, 200);
+    // Refused on arrival, so never stored; the two accepted exchanges are.
+    let (s, refused) = app
+        .get("/api/v1/bots/b/messages?conversation=c", &app.viewer)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(refused["messages"], json!([]), "{refused}");
+    let (_, all) = app.get("/api/v1/bots/b/messages", &app.viewer).await;
+    assert_eq!(all["messages"].as_array().unwrap().len(), 4, "{all}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -352,11 +352,18 @@ async fn process(
     } else {
         None
     };
+    // A place in the model's queue first: a full queue refuses the message before it is
+    // stored, like a full mailbox, so shedding load costs no database work. `Err` is why
+    // a message ends before the model (stored with that status).
+    let admitted = match early {
+        None => Ok(env.llm.admit(&env.key).await?),
+        Some(e) => Err(e),
+    };
     // The context's version: the conversation's newest message before this one. Read
     // before this message is stored, so that the cache can be checked against it.
     let n = env.spec.context_messages;
     let conversation = msg.conversation.as_str().to_owned();
-    let version = if n > 0 && early.is_none() {
+    let version = if n > 0 && admitted.is_ok() {
         let (scope, conversation) = (scope.clone(), conversation.clone());
         env.store
             .read(move |c| queries::last_message_id(c, &scope, &conversation))
@@ -364,7 +371,8 @@ async fn process(
     } else {
         None
     };
-    let status = early.as_ref().map_or("pending", |e| e.message_status());
+    let early = admitted.as_ref().err();
+    let status = early.map_or("pending", |e| e.message_status());
     let row = NewMessage {
         bot: env.spec.name.as_str().to_owned(),
         pool: pool.clone().map(PoolName::into_string),
@@ -372,7 +380,7 @@ async fn process(
         role: "user".into(),
         content: msg.content.clone(),
         status: status.into(),
-        error: early.as_ref().map(|e| e.code().to_owned()),
+        error: early.map(|e| e.code().to_owned()),
         created_at: now_ms(),
         ..NewMessage::default()
     };
@@ -380,9 +388,7 @@ async fn process(
         .store
         .write(move |c| queries::insert_message(c, &row))
         .await?;
-    if let Some(e) = early {
-        return Err(e);
-    }
+    let ticket = admitted?;
     user_id.store(id, Ordering::Release);
     if let Some(e) = inject_fault(&msg.content, me) {
         let (status, code) = (e.message_status(), e.code());
@@ -418,7 +424,7 @@ async fn process(
     let call = env
         .llm
         .call(CallSpec {
-            bot: &env.key,
+            ticket,
             request: &request,
             tokens: msg.tokens.as_ref(),
             cancel: token,

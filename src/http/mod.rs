@@ -33,28 +33,36 @@ use error::ApiError;
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let open = daemon::routes(state.clone());
-    let api = warp::path("api").and(warp::path("v1")).and(
-        bots::routes(state.clone())
-            .or(messages::routes(state.clone()))
-            .unify()
-            .or(pools::routes(state.clone()))
-            .unify()
-            .or(logs::routes(state.clone()))
-            .unify()
-            .or(daemon::api_routes(state.clone()))
-            .unify()
-            .or(ws::routes(state.clone()))
-            .unify()
-            .or(openapi::route())
-            .unify()
-            .or(auth::routes(state.clone()))
-            .unify()
-            .or(users::routes(state.clone()))
-            .unify(),
-    );
+    // Each group is boxed: warp clones the rest of a filter chain into every request's
+    // future, and a boxed filter clones as one reference count instead of its whole tree
+    // (about 4 % of the CPU of a refused request before). It also keeps the nested future
+    // types within the compiler's limits.
+    let open = daemon::routes(state.clone()).boxed();
+    let api = warp::path("api")
+        .and(warp::path("v1"))
+        .and(
+            bots::routes(state.clone())
+                .boxed()
+                .or(messages::routes(state.clone()).boxed())
+                .unify()
+                .or(pools::routes(state.clone()).boxed())
+                .unify()
+                .or(logs::routes(state.clone()).boxed())
+                .unify()
+                .or(daemon::api_routes(state.clone()).boxed())
+                .unify()
+                .or(ws::routes(state.clone()).boxed())
+                .unify()
+                .or(openapi::route().boxed())
+                .unify()
+                .or(auth::routes(state.clone()).boxed())
+                .unify()
+                .or(users::routes(state.clone()).boxed())
+                .unify(),
+        )
+        .boxed();
     // Everything but the open routes (`/healthz`, `/readyz`, `/metrics`) is rate limited.
-    let limited = auth::rate_limit(state.clone()).and(api);
+    let limited = auth::rate_limit(state.clone()).boxed().and(api).boxed();
     open.or(limited).unify().recover(error::recover).unify()
 }
 

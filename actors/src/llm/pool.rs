@@ -286,9 +286,17 @@ impl Breaker {
     }
 }
 
+/// A call's place in the pool: a slot granted or a place in the queue, given back when
+/// dropped. Taken before the message is stored, so that a full queue refuses it before
+/// any database work.
+pub struct Ticket {
+    rx: oneshot::Receiver<Permit>,
+    queued_at: Instant,
+}
+
 /// One model call as a bot asks for it.
 pub struct CallSpec<'a> {
-    pub bot: &'a Arc<str>,
+    pub ticket: Ticket,
     pub request: &'a ChatRequest,
     /// Where streamed pieces go; `None` for a plain caller.
     pub tokens: Option<&'a tokio::sync::mpsc::UnboundedSender<String>>,
@@ -364,8 +372,20 @@ impl LlmService {
         self.pool.send(GetPoolLoad).await.unwrap_or_default()
     }
 
-    /// Waits for a slot, then calls the model with retries, honouring the caller's token
-    /// and deadline.
+    /// Asks the pool for a slot or a place in its queue for one of `bot`'s calls:
+    /// 503 `llm_overloaded` when the queue is full.
+    pub async fn admit(&self, bot: &Arc<str>) -> Result<Ticket, EngineError> {
+        let queued_at = Instant::now();
+        let rx = self
+            .pool
+            .send(Acquire { bot: bot.clone() })
+            .await
+            .map_err(|_| EngineError::Internal("the LLM pool is gone".into()))??;
+        Ok(Ticket { rx, queued_at })
+    }
+
+    /// Waits for the ticket's slot, then calls the model with retries, honouring the
+    /// caller's token and deadline.
     pub async fn call(&self, spec: CallSpec<'_>) -> Result<CallOutcome, CallError> {
         if self.breaker.is_open() {
             self.breaker.rejected.fetch_add(1, Ordering::Relaxed);
@@ -373,15 +393,7 @@ impl LlmService {
                 "the circuit breaker is open after repeated failures".into(),
             )));
         }
-        let queued_at = Instant::now();
-        let rx = self
-            .pool
-            .send(Acquire {
-                bot: spec.bot.clone(),
-            })
-            .await
-            .map_err(|_| CallError::Engine(EngineError::Internal("the LLM pool is gone".into())))?
-            .map_err(CallError::Engine)?;
+        let Ticket { rx, queued_at } = spec.ticket;
         let deadline = tokio::time::Instant::from_std(spec.deadline);
         let permit = tokio::select! {
             p = rx => p.map_err(|_| CallError::Engine(EngineError::Internal("the LLM pool dropped a call".into())))?,
