@@ -126,8 +126,16 @@ impl BotQueue {
         inner.concurrency = concurrency as usize;
     }
 
-    /// Queues a message; on refusal hands the reply channel back untouched.
-    pub fn push(&self, msg: Inbound, reply: Reply, bot: &str) -> Result<u64, (EngineError, Reply)> {
+    /// Queues a message; on refusal hands the reply channel back untouched. `shed` is asked
+    /// last, once the bot would take the message: a refusal it gives (the model's queue is
+    /// full) refuses the message before it waits here for nothing.
+    pub fn push(
+        &self,
+        msg: Inbound,
+        reply: Reply,
+        bot: &str,
+        shed: impl FnOnce() -> Option<EngineError>,
+    ) -> Result<u64, (EngineError, Reply)> {
         let mut inner = self.lock();
         match inner.admission {
             Admission::Open => {}
@@ -149,6 +157,9 @@ impl BotQueue {
                 },
                 reply,
             ));
+        }
+        if let Some(e) = shed() {
+            return Err((e, reply));
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let priority = msg.priority;
@@ -290,7 +301,7 @@ mod tests {
 
     fn push(q: &BotQueue, conversation: &str, priority: u8) -> Result<u64, EngineError> {
         let (tx, _rx) = oneshot::channel();
-        q.push(msg(conversation, priority), tx, "b")
+        q.push(msg(conversation, priority), tx, "b", || None)
             .map_err(|(e, _)| e)
     }
 
@@ -300,6 +311,28 @@ mod tests {
         assert_eq!(push(&q, "a", 2).unwrap_err().code(), "bot_not_running");
         q.set_admission(Admission::ShuttingDown);
         assert_eq!(push(&q, "a", 2).unwrap_err().code(), "shutting_down");
+    }
+
+    #[test]
+    fn a_shed_refusal_comes_after_the_bots_own_and_queues_nothing() {
+        let q = BotQueue::new(1, 1);
+        let overloaded = || {
+            Some(EngineError::LlmOverloaded {
+                queued: 0,
+                retry_after_secs: 1,
+            })
+        };
+        let shed = |q: &BotQueue| {
+            let (tx, _rx) = oneshot::channel();
+            q.push(msg("a", 2), tx, "b", overloaded)
+                .map_err(|(e, _)| e.code())
+        };
+        assert_eq!(shed(&q), Err("bot_not_running"));
+        q.set_admission(Admission::Open);
+        assert_eq!(shed(&q), Err("llm_overloaded"));
+        assert_eq!(q.load().waiting, 0);
+        push(&q, "a", 2).unwrap();
+        assert_eq!(shed(&q), Err("mailbox_full"));
     }
 
     #[test]

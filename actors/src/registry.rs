@@ -1021,7 +1021,7 @@ impl Handler<SendMessage> for Registry {
         let cancel = msg.cancel.clone();
         let seq = entry
             .queue
-            .push(msg, tx, name.as_str())
+            .push(msg, tx, name.as_str(), || self.llm.refusal())
             .map_err(|(e, _)| e)?;
         if let Some(addr) = &entry.addr {
             addr.do_send(Poke);

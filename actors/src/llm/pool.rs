@@ -6,7 +6,7 @@
 //! dropped for any reason (answer, error, cancellation) frees its slot.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,27 @@ pub struct PoolLoad {
 #[rtype(result = "PoolLoad")]
 pub struct GetPoolLoad;
 
+/// What the pool publishes for callers that should not wait for its actor: whether a new
+/// call would be refused now, and the `Retry-After` it would get.
+#[derive(Debug, Default)]
+pub struct Fullness {
+    full: AtomicBool,
+    queued: AtomicUsize,
+    retry_after_secs: AtomicU64,
+}
+
+impl Fullness {
+    /// The refusal a new call would get now, if the pool is full.
+    pub fn refusal(&self) -> Option<EngineError> {
+        self.full
+            .load(Ordering::Acquire)
+            .then(|| EngineError::LlmOverloaded {
+                queued: self.queued.load(Ordering::Relaxed),
+                retry_after_secs: self.retry_after_secs.load(Ordering::Relaxed),
+            })
+    }
+}
+
 /// The permit scheduler.
 pub struct LlmPool {
     max_concurrent: usize,
@@ -84,10 +105,16 @@ pub struct LlmPool {
     breaker: Arc<Breaker>,
     client: OllamaClient,
     open_secs: u64,
+    fullness: Arc<Fullness>,
 }
 
 impl LlmPool {
-    pub fn new(settings: &LlmSettings, breaker: Arc<Breaker>, client: OllamaClient) -> Self {
+    pub fn new(
+        settings: &LlmSettings,
+        breaker: Arc<Breaker>,
+        client: OllamaClient,
+        fullness: Arc<Fullness>,
+    ) -> Self {
         Self {
             max_concurrent: settings.max_concurrent,
             max_queue: settings.max_queue,
@@ -99,7 +126,14 @@ impl LlmPool {
             breaker,
             client,
             open_secs: settings.breaker_open_secs,
+            fullness,
         }
+    }
+
+    /// Whether [`Acquire`] would refuse a call now.
+    fn is_full(&self) -> bool {
+        let grants_at_once = self.in_flight < self.max_concurrent && self.queued == 0;
+        !grants_at_once && self.queued >= self.max_queue
     }
 
     fn permit(&self, ctx: &Context<Self>) -> Permit {
@@ -142,6 +176,11 @@ impl LlmPool {
         let m = Metrics::get();
         m.llm_in_flight.set(self.in_flight as i64);
         m.llm_queue_depth.set(self.queued as i64);
+        let f = &self.fullness;
+        f.queued.store(self.queued, Ordering::Relaxed);
+        f.retry_after_secs
+            .store(self.retry_after_secs(), Ordering::Relaxed);
+        f.full.store(self.is_full(), Ordering::Release);
     }
 
     fn retry_after_secs(&self) -> u64 {
@@ -183,7 +222,7 @@ impl Handler<Acquire> for LlmPool {
             let _ = tx.send(self.permit(ctx));
             return Ok(rx);
         }
-        if self.queued >= self.max_queue {
+        if self.is_full() {
             return Err(EngineError::LlmOverloaded {
                 queued: self.queued,
                 retry_after_secs: self.retry_after_secs(),
@@ -329,6 +368,7 @@ pub struct LlmService {
     pool: Addr<LlmPool>,
     client: OllamaClient,
     breaker: Arc<Breaker>,
+    fullness: Arc<Fullness>,
     retries: u32,
     request_timeout_secs: u64,
 }
@@ -343,17 +383,30 @@ impl LlmService {
         )
         .map_err(|e| EngineError::InvalidField(format!("llm.ollama_url: {e}")))?;
         let breaker = Breaker::new(settings.breaker_failures);
+        let fullness = Arc::new(Fullness::default());
         let pool = {
-            let (s, b, c) = (settings.clone(), breaker.clone(), client.clone());
-            LlmPool::start_in_arbiter(&Arbiter::new().handle(), move |_| LlmPool::new(&s, b, c))
+            let (s, b, c, f) = (
+                settings.clone(),
+                breaker.clone(),
+                client.clone(),
+                fullness.clone(),
+            );
+            LlmPool::start_in_arbiter(&Arbiter::new().handle(), move |_| LlmPool::new(&s, b, c, f))
         };
         Ok(Self {
             pool,
             client,
             breaker,
+            fullness,
             retries: settings.retries,
             request_timeout_secs: settings.request_timeout_secs,
         })
+    }
+
+    /// The refusal a new call would get now (503 `llm_overloaded`), read without a trip
+    /// to the pool's actor: the Registry sheds with it before a message is queued.
+    pub fn refusal(&self) -> Option<EngineError> {
+        self.fullness.refusal()
     }
 
     pub fn pool(&self) -> &Addr<LlmPool> {
