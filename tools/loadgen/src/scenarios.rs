@@ -612,7 +612,11 @@ pub async fn stream(c: &Common, rate: f64, bots: usize) -> anyhow::Result<Stream
                 let bot = &names[i as usize % names.len()];
                 let path = format!("/api/v1/bots/{bot}/messages");
                 let body = message_body(&conversation, true, CONTENT);
-                let token_event = |chunk: &[u8]| chunk.windows(12).any(|w| w == b"event: token");
+                // SSE allows a space after the colon or none (warp writes none).
+                let token_event = |chunk: &[u8]| {
+                    chunk.windows(11).any(|w| w == b"event:token")
+                        || chunk.windows(12).any(|w| w == b"event: token")
+                };
                 match h
                     .call_until("POST", &path, Some(&token), body, token_event)
                     .await
