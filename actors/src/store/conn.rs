@@ -6,7 +6,6 @@
 //! serves reads and writes.
 
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -30,12 +29,6 @@ const PG_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// SQLite's wait for a lock held by another connection, in milliseconds.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
-
-/// The WAL file is cut back to this size once a checkpoint has emptied it.
-const WAL_SIZE_LIMIT: u64 = 64 << 20;
-
-/// How often the checkpointer moves the WAL's committed pages into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A connection to either backend.
 pub enum DbConn {
@@ -180,8 +173,7 @@ impl Manager {
         // busy_timeout first: the others may wait for a lock.
         c.batch_execute(&format!(
             "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
-             PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};",
+             PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
             self.synchronous
         ))
         .map_err(|e| fail(&e))?;
@@ -234,37 +226,6 @@ pub struct Db {
     pub writer: Pool,
     backend: &'static str,
     pool_size: u32,
-    /// SQLite only: the thread that runs the WAL checkpoints, stopped with the last clone.
-    _checkpointer: Option<Arc<Checkpointer>>,
-}
-
-/// Runs SQLite's WAL checkpoints on a thread of its own. Left to SQLite, the commit that
-/// fills the WAL past 1,000 pages runs the checkpoint itself, with its fsync, while every
-/// caller behind it waits: that was most of the store's p99 (docs/benchmarks.md). A
-/// PASSIVE checkpoint here blocks neither the writer nor the readers. Durability is
-/// unchanged: a commit is in the WAL before it is answered, checkpointed or not.
-struct Checkpointer {
-    /// Dropping it (with the last `Db` clone) ends the thread.
-    _stop: mpsc::Sender<()>,
-}
-
-impl Checkpointer {
-    fn start(mut conn: SqliteConnection) -> Result<Arc<Self>, StoreError> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("botd-checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
-                {
-                    // A failure (the disk full, say) is retried at the next tick; the
-                    // WAL keeps every commit meanwhile.
-                    let _ = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE)");
-                }
-            })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
-        Ok(Arc::new(Self { _stop: stop }))
-    }
 }
 
 impl std::fmt::Debug for Db {
@@ -328,22 +289,18 @@ impl Db {
                 .build(manager.clone())
                 .map_err(StoreError::from)
         };
-        let (readers, writer, backend, checkpointer) = match target {
+        let (readers, writer, backend) = match target {
             Target::Postgres(_) => {
                 let p = build(pool_size)?;
-                (p.clone(), p, "postgres", None)
+                (p.clone(), p, "postgres")
             }
-            Target::Sqlite(_) => {
-                let checkpointer = Checkpointer::start(manager.establish_sqlite()?)?;
-                (build(pool_size)?, build(1)?, "sqlite", Some(checkpointer))
-            }
+            Target::Sqlite(_) => (build(pool_size)?, build(1)?, "sqlite"),
         };
         Ok(Db {
             readers,
             writer,
             backend,
             pool_size,
-            _checkpointer: checkpointer,
         })
     }
 
@@ -458,36 +415,6 @@ mod tests {
         assert_eq!(redact("sqlite://a/b.db"), "sqlite://a/b.db");
         let t = Target::parse("postgres://u:secret@h/db").unwrap();
         assert!(!format!("{t:?}").contains("secret"));
-    }
-
-    #[test]
-    fn commits_reach_the_database_file_through_the_checkpointer() {
-        use diesel::RunQueryDsl;
-
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("botd.db");
-        let db = Db::connect(&format!("sqlite://{}", path.display()), 1, "normal").unwrap();
-        let mut c = db.writer.get().unwrap();
-        let DbConn::Sqlite(c) = &mut *c else {
-            unreachable!()
-        };
-        c.batch_execute("CREATE TABLE t (x TEXT)").unwrap();
-        let before = std::fs::metadata(&path).unwrap().len();
-        // About 2 MB in the WAL. SQLite's own checkpoints are off on every connection, so
-        // only the checkpointer can move these pages into the database file.
-        for _ in 0..40 {
-            diesel::sql_query("INSERT INTO t VALUES (randomblob(50000))")
-                .execute(c)
-                .unwrap();
-        }
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&path).unwrap().len() < before + (1 << 20) {
-            assert!(
-                std::time::Instant::now() < until,
-                "the database file never grew: no checkpoint ran"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     #[test]
