@@ -45,30 +45,15 @@ pub async fn chat(
     let (mut socket, _) = tokio_tungstenite::connect_async(req)
         .await
         .map_err(|e| refused(e, c.has_token()))?;
-    let broken = |e: WsError| CtlError::Unreachable(format!("the WebSocket broke: {e}"));
     // The `ready` frame (or the error that ends the socket).
-    loop {
-        let Some(m) = socket.next().await else {
-            return Err(CtlError::Unreachable(
-                "the daemon closed the WebSocket".into(),
-            ));
-        };
-        let Message::Text(t) = m.map_err(broken)? else {
-            continue;
-        };
-        let f: Value = serde_json::from_str(&t).map_err(|_| {
-            CtlError::BadResponse("the daemon sent a frame that is not JSON".into())
-        })?;
-        if f["type"] == "ready" {
-            break;
-        }
+    let (_, f) = next_frame(&mut socket).await?;
+    if f["type"] != "ready" {
         return Err(frame_error(&f, c.has_token()));
     }
     if interactive {
         eprintln!("botctl: conversation {conversation}; end with Ctrl-D");
     }
-    let lines = stdin_lines();
-    let mut lines = lines;
+    let mut lines = stdin_lines();
     let mut failed = false;
     let mut n = 0u64;
     loop {
@@ -96,17 +81,7 @@ pub async fn chat(
             .map_err(broken)?;
         let mut printed = String::new();
         loop {
-            let Some(m) = socket.next().await else {
-                return Err(CtlError::Unreachable(
-                    "the daemon closed the WebSocket".into(),
-                ));
-            };
-            let Message::Text(t) = m.map_err(broken)? else {
-                continue;
-            };
-            let f: Value = serde_json::from_str(&t).map_err(|_| {
-                CtlError::BadResponse("the daemon sent a frame that is not JSON".into())
-            })?;
+            let (t, f) = next_frame(&mut socket).await?;
             if json {
                 print_raw(&t);
             }
@@ -163,6 +138,32 @@ pub async fn chat(
         Err(CtlError::Reported)
     } else {
         Ok(())
+    }
+}
+
+fn broken(e: WsError) -> CtlError {
+    CtlError::Unreachable(format!("the WebSocket broke: {e}"))
+}
+
+/// The next text frame as it came and as JSON. The socket's end, or a frame that is not
+/// JSON, is an error.
+async fn next_frame<S>(socket: &mut S) -> Result<(String, Value), CtlError>
+where
+    S: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        let Some(m) = socket.next().await else {
+            return Err(CtlError::Unreachable(
+                "the daemon closed the WebSocket".into(),
+            ));
+        };
+        let Message::Text(t) = m.map_err(broken)? else {
+            continue;
+        };
+        let f = serde_json::from_str(&t).map_err(|_| {
+            CtlError::BadResponse("the daemon sent a frame that is not JSON".into())
+        })?;
+        return Ok((t.to_string(), f));
     }
 }
 
