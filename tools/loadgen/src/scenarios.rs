@@ -108,6 +108,17 @@ impl Bench {
         })
     }
 
+    /// Sends one plain message to the first bot and answers its status.
+    pub async fn send(&self, conversation: &str, content: &str) -> anyhow::Result<u16> {
+        let path = format!("/api/v1/bots/{}/messages", self.bots[0]);
+        let body = message_body(conversation, false, content);
+        let r = self
+            .botd
+            .call("POST", &path, Some(&self.token), body)
+            .await?;
+        Ok(r.status)
+    }
+
     /// The overhead histogram as scraped now.
     pub async fn overhead(&self) -> anyhow::Result<Buckets> {
         let r = self
@@ -846,54 +857,26 @@ pub async fn restart(c: &Common, crashes: usize) -> anyhow::Result<Restart> {
         json!({"model": "mistral"}),
     )
     .await?;
-    let path = format!("/api/v1/bots/{}/messages", b.bots[0]);
     let mut base = crate::load::histogram();
     for i in 0..200 {
         let t = Instant::now();
-        let r = b
-            .botd
-            .call(
-                "POST",
-                &path,
-                Some(&b.token),
-                message_body(&format!("b{i}"), false, CONTENT),
-            )
-            .await?;
-        if r.status != 200 {
-            bail!("baseline message: {}", r.status);
+        let status = b.send(&format!("b{i}"), CONTENT).await?;
+        if status != 200 {
+            bail!("baseline message: {status}");
         }
         let _ = base.record(t.elapsed().as_micros() as u64);
     }
     let baseline = base.value_at_quantile(0.5) as f64 / 1000.0;
     let mut outside = crate::load::histogram();
     for i in 0..crashes {
-        let r = b
-            .botd
-            .call(
-                "POST",
-                &path,
-                Some(&b.token),
-                message_body(&format!("p{i}"), false, "__botd_fault:panic__"),
-            )
-            .await?;
-        if r.status != 500 {
-            bail!(
-                "the panic message got {} (is botd-fault built with fault-injection?)",
-                r.status
-            );
+        let status = b.send(&format!("p{i}"), "__botd_fault:panic__").await?;
+        if status != 500 {
+            bail!("the panic message got {status} (is botd-fault built with fault-injection?)");
         }
         let t = Instant::now();
-        let r = b
-            .botd
-            .call(
-                "POST",
-                &path,
-                Some(&b.token),
-                message_body(&format!("n{i}"), false, CONTENT),
-            )
-            .await?;
-        if r.status != 200 {
-            bail!("the message after a crash got {}", r.status);
+        let status = b.send(&format!("n{i}"), CONTENT).await?;
+        if status != 200 {
+            bail!("the message after a crash got {status}");
         }
         let ms = t.elapsed().as_secs_f64() * 1000.0 - baseline - 1.0;
         let _ = outside.record((ms.max(0.001) * 1000.0) as u64);
