@@ -930,20 +930,7 @@ async fn a_panicking_job_is_an_error_and_leaves_no_open_transaction() {
         let store = StoreHandle::start(db.open(1));
         for _ in 0..3 {
             let e = store
-                .write(|c| -> Result<(), StoreError> {
-                    botd_actors::with_conn!(c, c => {
-                        use diesel::Connection;
-                        c.transaction::<(), diesel::result::Error, _>(|c| {
-                            diesel::connection::SimpleConnection::batch_execute(
-                                c,
-                                "INSERT INTO users (username, password_hash, role, created_at, \
-                                 updated_at) VALUES ('ghost', 'h', 'viewer', 1, 1)",
-                            )?;
-                            panic!("boom inside a transaction");
-                        })
-                    })?;
-                    Ok(())
-                })
+                .write(botd_actors::store::testing::panic_inside_a_transaction)
                 .await;
             assert!(
                 matches!(&e, Err(StoreError::Query(m)) if m.contains("boom inside a transaction")),

@@ -485,17 +485,7 @@ mod tests {
                 Err(StoreError::Query("refused on purpose".into()))
             }));
             let panicking = actix::spawn(queue(&store, |c| -> Result<u32, StoreError> {
-                crate::with_conn!(c, c => {
-                    use diesel::Connection;
-                    c.transaction::<(), diesel::result::Error, _>(|c| {
-                        diesel::connection::SimpleConnection::batch_execute(
-                            c,
-                            "INSERT INTO users (username, password_hash, role, created_at, \
-                             updated_at) VALUES ('ghost', 'h', 'viewer', 1, 1)",
-                        )?;
-                        panic!("boom inside a transaction");
-                    })
-                })?;
+                crate::store::testing::panic_inside_a_transaction(c)?;
                 Ok(0)
             }));
             let last = actix::spawn(queue(&store, |c| {

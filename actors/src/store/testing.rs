@@ -14,7 +14,7 @@ use diesel::pg::PgConnection;
 use diesel::Connection;
 use rand::Rng;
 
-use super::Db;
+use super::{Db, DbConn, StoreError};
 
 /// The variable naming the PostgreSQL server tests may create databases on.
 pub const POSTGRES_URL_VAR: &str = "BOTD_TEST_POSTGRES_URL";
@@ -205,6 +205,21 @@ impl Drop for TestDb {
             }
         }
     }
+}
+
+/// A store job that inserts a user inside a transaction and panics there: the tests that
+/// prove a panicking job is an error and leaves no open transaction behind run it.
+pub fn panic_inside_a_transaction(c: &mut DbConn) -> Result<(), StoreError> {
+    crate::with_conn!(c, c => {
+        c.transaction::<(), diesel::result::Error, _>(|c| {
+            c.batch_execute(
+                "INSERT INTO users (username, password_hash, role, created_at, updated_at) \
+                 VALUES ('ghost', 'h', 'viewer', 1, 1)",
+            )?;
+            panic!("boom inside a transaction");
+        })
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]
