@@ -475,6 +475,58 @@ fn success_answers_have_their_bodies() {
     assert!(doc["paths"]["/api/v1/bots/{name}"]["delete"]["responses"]["204"].is_object());
 }
 
+/// Each `text/event-stream` answer describes its events (OpenAPI 3.1: the `schema` of a
+/// sequential media type is one event's): the event names the handler sends, each with
+/// `data` as JSON of the declared schema.
+#[test]
+fn event_streams_describe_each_event() {
+    let doc = doc();
+    let events = |path: &str, method: &str| -> Vec<(String, Value)> {
+        let schema = &doc["paths"][path][method]["responses"]["200"]["content"]
+            ["text/event-stream"]["schema"];
+        let one_of = schema["oneOf"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path}: no oneOf of events in {schema}"));
+        one_of
+            .iter()
+            .map(|e| {
+                assert_eq!(e["required"], serde_json::json!(["event", "data"]), "{e}");
+                let names = e["properties"]["event"]["enum"].as_array().unwrap();
+                assert_eq!(names.len(), 1, "{e}");
+                let data = &e["properties"]["data"];
+                assert_eq!(data["type"], "string", "{e}");
+                assert_eq!(data["contentMediaType"], "application/json", "{e}");
+                (
+                    names[0].as_str().unwrap().to_owned(),
+                    data["contentSchema"].clone(),
+                )
+            })
+            .collect()
+    };
+    for path in [
+        "/api/v1/bots/{name}/messages",
+        "/api/v1/pools/{pool}/messages",
+    ] {
+        let e = events(path, "post");
+        let names: Vec<_> = e.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["token", "done", "error"], "{path}");
+        assert_eq!(e[0].1["required"], serde_json::json!(["content"]), "{path}");
+        assert_eq!(e[1].1["$ref"], schema_ref("AnswerView"), "{path}");
+        assert_eq!(e[2].1["$ref"], schema_ref("ErrorBody"), "{path}");
+    }
+    for path in ["/api/v1/bots/{name}/logs", "/api/v1/logs"] {
+        let e = events(path, "get");
+        let names: Vec<_> = e.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["log", "missed"], "{path}");
+        assert_eq!(
+            e[0].1["required"],
+            serde_json::json!(["ts", "level", "msg"]),
+            "{path}"
+        );
+        assert_eq!(e[1].1["required"], serde_json::json!(["missed"]), "{path}");
+    }
+}
+
 #[test]
 fn every_response_has_its_headers() {
     let doc = doc();

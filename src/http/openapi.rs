@@ -4,8 +4,9 @@
 //! function in [`ops`] (the handlers are warp filters, which utoipa cannot read). Those
 //! declarations list every status the handler can answer; [`SecurityAddon`] adds the
 //! bearer scheme, [`CommonHeaders`] the headers every response (`X-Request-Id`) and
-//! every 429 and 503 (`Retry-After`) carries, and [`OptionalBodies`] fixes how utoipa
-//! renders an optional body. The JSON is built once ([`document_json`]).
+//! every 429 and 503 (`Retry-After`) carries, [`OptionalBodies`] fixes how utoipa
+//! renders an optional body, and [`EventStreams`] describes the events of each
+//! `text/event-stream` answer. The JSON is built once ([`document_json`]).
 //! `tests/openapi.rs` checks the document against itself and against the route list of
 //! `docs/api.md`; a route added to the API needs its declaration here.
 
@@ -120,7 +121,7 @@ pub const BEARER: &str = "bearerAuth";
         crate::auth::Role,
         crate::auth::TokenKind,
     )),
-    modifiers(&SecurityAddon, &CommonHeaders, &OptionalBodies),
+    modifiers(&SecurityAddon, &CommonHeaders, &OptionalBodies, &EventStreams),
     tags(
         (name = "bots", description = "Bots: create, configure, start, stop, delete."),
         (name = "pools", description = "Managed pools: a template, bounds and autoscaling."),
@@ -220,6 +221,108 @@ impl Modify for OptionalBodies {
                 if let (Some(only), None) = (rest.next(), rest.next()) {
                     content.schema = Some(only.clone());
                 }
+            }
+        }
+    }
+}
+
+/// Describes each event of the `text/event-stream` answers. Before OpenAPI 3.2 (this
+/// document is 3.1) a sequential media type's `schema` is the schema of one event: an
+/// object with the event's name and its `data`, a JSON text whose own schema is the
+/// JSON Schema keyword `contentSchema`. utoipa has no field for that keyword, so it goes
+/// into the data schema's extension map, which serializes its keys as they are.
+pub struct EventStreams;
+
+impl EventStreams {
+    /// One event: `event: NAME` with `data` holding JSON that `content` describes.
+    fn event(name: &str, content: RefOr<Schema>) -> RefOr<Schema> {
+        let mut data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .build();
+        let content = serde_json::to_value(content).expect("a schema is plain data");
+        data.extensions
+            .get_or_insert_with(Default::default)
+            .insert("contentSchema".to_owned(), content);
+        ObjectBuilder::new()
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([name])),
+            )
+            .required("event")
+            .property("data", data)
+            .required("data")
+            .into()
+    }
+
+    fn one_of(events: Vec<RefOr<Schema>>) -> RefOr<Schema> {
+        let mut one_of = utoipa::openapi::OneOf::new();
+        one_of.items = events;
+        Schema::OneOf(one_of).into()
+    }
+
+    /// A message's stream: `token` pieces, then `done` with the answer or `error`.
+    fn message() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let token = ObjectBuilder::new()
+            .property("content", string())
+            .required("content")
+            .into();
+        Self::one_of(vec![
+            Self::event("token", token),
+            Self::event(
+                "done",
+                RefOr::Ref(utoipa::openapi::Ref::from_schema_name("AnswerView")),
+            ),
+            Self::event(
+                "error",
+                RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody")),
+            ),
+        ])
+    }
+
+    /// A log tail: `log` records, and `missed` with how many a slow follower lost.
+    fn logs() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let record = ObjectBuilder::new()
+            .property("ts", string())
+            .required("ts")
+            .property("level", string())
+            .required("level")
+            .property("msg", string())
+            .required("msg")
+            .into();
+        let missed = ObjectBuilder::new()
+            .property(
+                "missed",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .required("missed")
+            .into();
+        Self::one_of(vec![
+            Self::event("log", record),
+            Self::event("missed", missed),
+        ])
+    }
+}
+
+impl Modify for EventStreams {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        for op in operations_mut(openapi) {
+            let schema = match op.operation_id.as_deref() {
+                Some("send_bot_message" | "send_pool_message") => Self::message(),
+                Some("bot_logs" | "logs") => Self::logs(),
+                _ => continue,
+            };
+            let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") else {
+                continue;
+            };
+            if let Some(content) = ok.content.get_mut("text/event-stream") {
+                content.schema = Some(schema);
             }
         }
     }
