@@ -147,6 +147,12 @@ fn sqlite_connections_run_in_wal_with_the_configured_pragmas() {
                     .unwrap()
                     .value
             };
+            // A pragma with a setter is not a table-valued function.
+            #[derive(QueryableByName)]
+            struct Autocheckpoint {
+                #[diesel(sql_type = BigInt)]
+                wal_autocheckpoint: i64,
+            }
             let mode = diesel::sql_query("PRAGMA journal_mode")
                 .get_result::<Mode>(c)
                 .unwrap();
@@ -154,6 +160,13 @@ fn sqlite_connections_run_in_wal_with_the_configured_pragmas() {
             assert_eq!(pragma(c, "synchronous", "synchronous"), expected);
             assert_eq!(pragma(c, "busy_timeout", "timeout"), 5000);
             assert_eq!(pragma(c, "foreign_keys", "foreign_keys"), 1);
+            let autocheckpoint = diesel::sql_query("PRAGMA wal_autocheckpoint")
+                .get_result::<Autocheckpoint>(c)
+                .unwrap();
+            assert_eq!(
+                autocheckpoint.wal_autocheckpoint,
+                i64::from(botd_actors::store::wal::SAFETY_NET_FRAMES)
+            );
         }
     }
 }
@@ -975,4 +988,74 @@ async fn a_panicking_job_is_an_error_and_leaves_no_open_transaction() {
         );
     })
     .await;
+}
+
+/// Writes that never pause (one commit each, as fast as the writer takes them), with a
+/// reader beside them: the WAL must start over through the checkpointer and the writer's
+/// pass between groups, and never grow to the size at which SQLite's own in-commit
+/// checkpoint (the safety net) would have done it.
+#[actix::test]
+async fn the_wal_starts_over_under_writes_that_never_pause() {
+    use botd_actors::store::wal::{RESTART_FRAMES, SAFETY_NET_FRAMES};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let db = TestDb::sqlite();
+    let d = open(&db);
+    let wal = d.wal().expect("a SQLite database has a checkpointer");
+    let store = StoreHandle::start(d);
+    let sqlite = |f: fn(&mut diesel::SqliteConnection) -> diesel::QueryResult<()>| {
+        move |c: &mut DbConn| match c {
+            DbConn::Sqlite(c) => f(c).map_err(StoreError::from),
+            DbConn::Postgres(_) => unreachable!("a SQLite test"),
+        }
+    };
+    store
+        .write(sqlite(|c| c.batch_execute("CREATE TABLE filler (x BLOB)")))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, stop) = (store.clone(), stop.clone());
+        actix::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                store
+                    .read(sqlite(|c| c.batch_execute("SELECT max(rowid) FROM filler")))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut writes = 0u64;
+    let until = Instant::now() + Duration::from_secs(120);
+    while wal.restarts() < 5 {
+        assert!(
+            Instant::now() < until,
+            "the WAL started over {} times in {writes} writes",
+            wal.restarts()
+        );
+        store
+            .write(sqlite(|c| {
+                c.batch_execute("INSERT INTO filler VALUES (randomblob(100))")
+            }))
+            .await
+            .unwrap();
+        writes += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let path = db.dir().unwrap().join(
+        db.url()
+            .rsplit('/')
+            .next()
+            .map(|f| format!("{f}-wal"))
+            .unwrap(),
+    );
+    let size = std::fs::metadata(&path).unwrap().len();
+    let safety_net = u64::from(SAFETY_NET_FRAMES) * 4096;
+    assert!(
+        size < safety_net,
+        "the WAL reached {size} bytes in {writes} writes (restarting at {RESTART_FRAMES} \
+         frames; the safety net is {safety_net} bytes)"
+    );
 }

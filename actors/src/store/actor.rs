@@ -10,7 +10,7 @@
 //! an answer promises.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -168,13 +168,19 @@ fn run_in_savepoint(conn: &mut DbConn, write: &mut dyn Pending) -> Result<(), St
 struct GroupWriter {
     pool: super::conn::Pool,
     queue: mpsc::Receiver<Box<dyn Pending>>,
+    /// SQLite: the checkpointer's signal for the writer's short pass between groups.
+    wal: Option<Arc<super::wal::Shared>>,
 }
 
 impl GroupWriter {
     /// Starts the thread; it ends when every sender is gone.
-    fn start(pool: super::conn::Pool, name: &str) -> mpsc::Sender<Box<dyn Pending>> {
+    fn start(
+        pool: super::conn::Pool,
+        wal: Option<Arc<super::wal::Shared>>,
+        name: &str,
+    ) -> mpsc::Sender<Box<dyn Pending>> {
         let (tx, queue) = mpsc::channel();
-        let writer = GroupWriter { pool, queue };
+        let writer = GroupWriter { pool, queue, wal };
         let spawned = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || writer.run());
@@ -186,6 +192,7 @@ impl GroupWriter {
     }
 
     fn run(self) {
+        let mut passes = super::wal::WriterPasses::default();
         while let Ok(first) = self.queue.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -195,6 +202,22 @@ impl GroupWriter {
                 }
             }
             self.commit(batch);
+            if let Some(wal) = &self.wal {
+                self.checkpoint(wal, &mut passes);
+            }
+        }
+    }
+
+    /// The writer's part of a WAL checkpoint, when the checkpointer asks for it: between
+    /// groups, so that no caller's commit carries it.
+    fn checkpoint(&self, wal: &super::wal::Shared, passes: &mut super::wal::WriterPasses) {
+        if !wal.wanted() {
+            return;
+        }
+        if let Ok(mut conn) = self.pool.get() {
+            if let DbConn::Sqlite(c) = &mut *conn {
+                wal.writer_pass(c, passes);
+            }
         }
     }
 
@@ -346,7 +369,11 @@ impl StoreHandle {
             let pool = db.readers.clone();
             SyncArbiter::start(threads, move || Store { pool: pool.clone() })
         };
-        let group = Writer::Group(GroupWriter::start(db.writer.clone(), "botd-store-writer"));
+        let group = Writer::Group(GroupWriter::start(
+            db.writer.clone(),
+            db.wal(),
+            "botd-store-writer",
+        ));
         let (writer, ordered) = if db.backend() == "sqlite" {
             (group.clone(), group)
         } else {

@@ -6,6 +6,7 @@
 //! serves reads and writes.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -29,6 +30,9 @@ const PG_CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// SQLite's wait for a lock held by another connection, in milliseconds.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+
+/// The WAL file is cut back to this size when it starts over after growing past it.
+const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
 /// A connection to either backend.
 pub enum DbConn {
@@ -173,8 +177,10 @@ impl Manager {
         // busy_timeout first: the others may wait for a lock.
         c.batch_execute(&format!(
             "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
-             PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
-            self.synchronous
+             PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};",
+            self.synchronous,
+            super::wal::SAFETY_NET_FRAMES
         ))
         .map_err(|e| fail(&e))?;
         Ok(c)
@@ -226,6 +232,8 @@ pub struct Db {
     pub writer: Pool,
     backend: &'static str,
     pool_size: u32,
+    /// SQLite only: the thread that checkpoints the WAL (see [`super::wal`]).
+    checkpointer: Option<Arc<super::wal::Checkpointer>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -289,24 +297,36 @@ impl Db {
                 .build(manager.clone())
                 .map_err(StoreError::from)
         };
-        let (readers, writer, backend) = match target {
+        let (readers, writer, backend, checkpointer) = match target {
             Target::Postgres(_) => {
                 let p = build(pool_size)?;
-                (p.clone(), p, "postgres")
+                (p.clone(), p, "postgres", None)
             }
-            Target::Sqlite(_) => (build(pool_size)?, build(1)?, "sqlite"),
+            Target::Sqlite(_) => {
+                let DbConn::Sqlite(c) = manager.establish()? else {
+                    unreachable!("a SQLite target makes SQLite connections")
+                };
+                let checkpointer = Arc::new(super::wal::Checkpointer::start(c)?);
+                (build(pool_size)?, build(1)?, "sqlite", Some(checkpointer))
+            }
         };
         Ok(Db {
             readers,
             writer,
             backend,
             pool_size,
+            checkpointer,
         })
     }
 
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// SQLite only: what the writer shares with the WAL checkpointer.
+    pub fn wal(&self) -> Option<Arc<super::wal::Shared>> {
+        self.checkpointer.as_ref().map(|c| c.shared.clone())
     }
 
     /// The configured pool size (the reader pool's on SQLite).

@@ -4,6 +4,7 @@
 //! - [`schema`]: the tables, one declaration for both backends.
 //! - [`queries`]: plain functions over `&mut DbConn`, testable without actors.
 //! - [`actor`]: the `Store` actor on a `SyncArbiter` (diesel blocks) and its handle.
+//! - [`wal`]: SQLite's WAL checkpoints, kept out of the commits callers wait for.
 //! - [`testing`]: fresh databases for tests.
 
 pub mod actor;
@@ -12,6 +13,7 @@ pub mod queries;
 pub mod schema;
 #[doc(hidden)]
 pub mod testing;
+pub mod wal;
 
 pub use actor::{Store, StoreHandle};
 pub use conn::{Db, DbConn};
