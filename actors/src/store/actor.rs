@@ -281,12 +281,44 @@ impl GroupWriter {
     }
 }
 
-/// Where a write goes: a `SyncArbiter` (PostgreSQL's concurrent writes) or the group
-/// writer.
+/// Where a write goes: a `SyncArbiter`, or group writers (one, or several taking turns).
 #[derive(Clone)]
 enum Writer {
     Arbiter(Addr<Store>),
-    Group(mpsc::Sender<Box<dyn Pending>>),
+    Group(Arc<Groups>),
+}
+
+/// The queues of one or more group writers; writes go to them in turn.
+struct Groups {
+    queues: Vec<mpsc::Sender<Box<dyn Pending>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Groups {
+    fn start(db: &Db, writers: usize, name: &str) -> Writer {
+        let queues = (0..writers.max(1))
+            .map(|i| {
+                let name = if writers > 1 {
+                    format!("{name}-{i}")
+                } else {
+                    name.to_owned()
+                };
+                GroupWriter::start(db.writer.clone(), db.wal(), &name)
+            })
+            .collect();
+        Writer::Group(Arc::new(Groups {
+            queues,
+            next: Default::default(),
+        }))
+    }
+
+    fn queue(&self) -> &mpsc::Sender<Box<dyn Pending>> {
+        let i = match self.queues.len() {
+            1 => 0,
+            n => self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n,
+        };
+        &self.queues[i]
+    }
 }
 
 impl Writer {
@@ -297,14 +329,14 @@ impl Writer {
         // Both queue the write now, before the future is first polled.
         let queued = match self {
             Writer::Arbiter(addr) => Queued::Arbiter(addr.send(Run(job))),
-            Writer::Group(tx) => {
+            Writer::Group(groups) => {
                 let (reply, rx) = oneshot::channel();
                 let write = Write {
                     job: Some(job),
                     result: None,
                     reply: Some(reply),
                 };
-                match tx.send(Box::new(write)) {
+                match groups.queue().send(Box::new(write)) {
                     Ok(()) => Queued::Group(Some(rx)),
                     Err(_) => Queued::Group(None),
                 }
@@ -325,8 +357,8 @@ impl Writer {
     fn detach(&self, job: Job<()>) {
         match self {
             Writer::Arbiter(addr) => addr.do_send(Run(job)),
-            Writer::Group(tx) => {
-                let _ = tx.send(Box::new(Write {
+            Writer::Group(groups) => {
+                let _ = groups.queue().send(Box::new(Write {
                     job: Some(job),
                     result: None,
                     reply: None,
@@ -352,13 +384,19 @@ pub struct StoreHandle {
     db: Db,
 }
 
+/// Group writers for PostgreSQL's unordered writes (messages). Each holds a pooled
+/// connection only while it commits.
+const PG_WRITERS: usize = 4;
+
 /// Reader threads at most on SQLite (its readers do not need many).
 const SQLITE_READER_THREADS: u32 = 8;
 
 impl StoreHandle {
     /// Starts the readers' arbiter and the writers: on SQLite one group writer with the
-    /// single writer connection takes every write; on PostgreSQL writes share the
-    /// readers' threads and the ordered ones go to a group writer of their own.
+    /// single writer connection takes every write; on PostgreSQL [`PG_WRITERS`] group
+    /// writers take the writes in turn (each commit waits for the server's WAL flush, so
+    /// a group shares one flush among its writes) and the ordered ones go to a group
+    /// writer of their own.
     pub fn start(db: Db) -> StoreHandle {
         let threads = match db.backend() {
             "sqlite" => db.pool_size().min(SQLITE_READER_THREADS),
@@ -369,15 +407,11 @@ impl StoreHandle {
             let pool = db.readers.clone();
             SyncArbiter::start(threads, move || Store { pool: pool.clone() })
         };
-        let group = Writer::Group(GroupWriter::start(
-            db.writer.clone(),
-            db.wal(),
-            "botd-store-writer",
-        ));
-        let (writer, ordered) = if db.backend() == "sqlite" {
-            (group.clone(), group)
+        let ordered = Groups::start(&db, 1, "botd-store-writer");
+        let writer = if db.backend() == "sqlite" {
+            ordered.clone()
         } else {
-            (Writer::Arbiter(readers.clone()), group)
+            Groups::start(&db, PG_WRITERS, "botd-store-pg-writer")
         };
         StoreHandle {
             readers,
