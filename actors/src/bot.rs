@@ -359,18 +359,12 @@ async fn process(
         None => Ok(env.llm.admit(&env.key).await?),
         Some(e) => Err(e),
     };
-    // The context's version: the conversation's newest message before this one. Read
-    // before this message is stored, so that the cache can be checked against it.
+    // The context's version is the conversation's newest message before this one. It is
+    // read in the same store job that stores this message, just before the insert, so
+    // that the cache can be checked against it; one trip to the store, not two.
     let n = env.spec.context_messages;
     let conversation = msg.conversation.as_str().to_owned();
-    let version = if n > 0 && admitted.is_ok() {
-        let (scope, conversation) = (scope.clone(), conversation.clone());
-        env.store
-            .read(move |c| queries::last_message_id(c, &scope, &conversation))
-            .await?
-    } else {
-        None
-    };
+    let wants_version = n > 0 && admitted.is_ok();
     let early = admitted.as_ref().err();
     let status = early.map_or("pending", |e| e.message_status());
     let row = NewMessage {
@@ -384,10 +378,19 @@ async fn process(
         created_at: now_ms(),
         ..NewMessage::default()
     };
-    let id = env
-        .store
-        .write(move |c| queries::insert_message(c, &row))
-        .await?;
+    let (version, id) = {
+        let (scope, conversation) = (scope.clone(), conversation.clone());
+        env.store
+            .write(move |c| {
+                let version = if wants_version {
+                    queries::last_message_id(c, &scope, &conversation)?
+                } else {
+                    None
+                };
+                Ok((version, queries::insert_message(c, &row)?))
+            })
+            .await?
+    };
     let ticket = admitted?;
     user_id.store(id, Ordering::Release);
     if let Some(e) = inject_fault(&msg.content, me) {
