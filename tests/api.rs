@@ -752,3 +752,103 @@ async fn health_readiness_and_request_ids() {
     let (_, body) = support::status_json(r).await;
     assert_eq!(body["error"]["request_id"], "abc");
 }
+
+/// The OpenAPI document's `minimum`/`maximum` on request fields are the bounds the
+/// handlers enforce: each bound is accepted, one past it is 400 naming the field.
+#[tokio::test]
+async fn the_documented_ranges_are_the_ones_enforced() {
+    let app = spawn_app().await;
+    let doc: Value = serde_json::from_str(botd::http::openapi::document_json()).unwrap();
+    let ranges = |schema: &str| -> Vec<(String, i64, i64)> {
+        let props = doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {schema}"));
+        let out: Vec<_> = props
+            .iter()
+            .filter_map(|(k, p)| Some((k.clone(), p["minimum"].as_i64()?, p["maximum"].as_i64()?)))
+            .collect();
+        assert!(!out.is_empty(), "{schema} declares no ranges");
+        out
+    };
+    let put = |path: String, body: Value| {
+        let req = app
+            .http
+            .put(app.url(&path))
+            .bearer_auth(&app.admin)
+            .json(&body);
+        async move { support::status_json(req.send().await.unwrap()).await }
+    };
+    let mut n = 0;
+    for (field, lo, hi) in ranges("CreateBotRequest") {
+        for (v, ok) in [(lo - 1, false), (lo, true), (hi, true), (hi + 1, false)] {
+            n += 1;
+            let (s, body) = app
+                .post(
+                    "/api/v1/bots",
+                    &app.admin,
+                    json!({"name": format!("r{n}"), field.as_str(): v}),
+                )
+                .await;
+            let want = if ok { 201 } else { 400 };
+            assert_eq!(s, want, "CreateBotRequest.{field} = {v}: {body}");
+            if !ok {
+                let msg = body["error"]["message"].as_str().unwrap();
+                assert!(
+                    msg.starts_with(&format!("{field}:")),
+                    "{field} = {v}: {msg}"
+                );
+            }
+        }
+    }
+    for (field, lo, hi) in ranges("PutPoolRequest") {
+        for (v, ok) in [(lo - 1, false), (lo, true), (hi, true), (hi + 1, false)] {
+            n += 1;
+            // min_bots is bounded by max_bots too, and members cost a start each.
+            let mut body = json!({"min_bots": 0, "max_bots": 1000, field.as_str(): v});
+            if field == "max_bots" {
+                body["min_bots"] = json!(0);
+            }
+            let (s, answer) = put(format!("/api/v1/pools/p{n}"), body).await;
+            let ok_status = s == 200 || s == 201;
+            assert_eq!(ok_status, ok, "PutPoolRequest.{field} = {v}: {s} {answer}");
+            if !ok {
+                assert_eq!(s, 400, "{answer}");
+                let msg = answer["error"]["message"].as_str().unwrap();
+                assert!(
+                    msg.starts_with(&format!("{field}:")),
+                    "{field} = {v}: {msg}"
+                );
+            }
+            if ok_status {
+                app.delete(&format!("/api/v1/pools/p{n}"), &app.admin).await;
+            }
+        }
+    }
+    app.running_bot("target", json!({})).await;
+    for (field, lo, hi) in ranges("SendRequest") {
+        // A deadline of 1 ms may pass before the answer; only the refusals are exact.
+        for v in [lo - 1, hi + 1] {
+            let (s, body) = app
+                .post(
+                    "/api/v1/bots/target/messages",
+                    &app.operator,
+                    json!({"content": "hi", field.as_str(): v}),
+                )
+                .await;
+            assert_eq!(s, 400, "SendRequest.{field} = {v}: {body}");
+            let msg = body["error"]["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("{field}:")),
+                "{field} = {v}: {msg}"
+            );
+        }
+        let (s, body) = app
+            .post(
+                "/api/v1/bots/target/messages",
+                &app.operator,
+                json!({"content": "hi", field.as_str(): hi}),
+            )
+            .await;
+        assert_eq!(s, 200, "SendRequest.{field} = {hi}: {body}");
+    }
+}

@@ -25,14 +25,21 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBotRequest {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
+    #[schema(pattern = r"^[A-Za-z0-9._:/-]{1,200}$")]
     pub model: Option<String>,
     pub system_prompt: Option<String>,
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,55}$")]
     pub pool: Option<String>,
     /// `permanent` (default), `transient` or `temporary`.
+    #[schema(pattern = r"^(permanent|transient|temporary)$")]
     pub restart: Option<String>,
+    #[schema(minimum = 1, maximum = 1024)]
     pub concurrency: Option<i64>,
+    #[schema(minimum = 1, maximum = 100000)]
     pub mailbox_capacity: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000)]
     pub context_messages: Option<i64>,
     #[schema(value_type = Option<Object>)]
     pub options: Option<serde_json::Value>,
@@ -53,16 +60,21 @@ where
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBotRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:/-]{1,200}$")]
     pub model: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub system_prompt: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[a-z0-9][a-z0-9_-]{0,55}$")]
     pub pool: Option<Option<String>>,
+    #[schema(pattern = r"^(permanent|transient|temporary)$")]
     pub restart: Option<String>,
+    #[schema(minimum = 1, maximum = 1024)]
     pub concurrency: Option<i64>,
+    #[schema(minimum = 1, maximum = 100000)]
     pub mailbox_capacity: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000)]
     pub context_messages: Option<i64>,
     #[schema(value_type = Option<Object>)]
     pub options: Option<serde_json::Value>,
@@ -72,6 +84,7 @@ pub struct PatchBotRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
+    #[schema(minimum = 1, maximum = 3600000)]
     pub timeout_ms: Option<i64>,
 }
 
@@ -128,12 +141,17 @@ pub fn bot_name(s: &str) -> Result<BotName, ApiError> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._:/-]{1,200}$")]
     pub model: Option<String>,
     pub system_prompt: Option<String>,
     /// `permanent` (default), `transient` or `temporary`.
+    #[schema(pattern = r"^(permanent|transient|temporary)$")]
     pub restart: Option<String>,
+    #[schema(minimum = 1, maximum = 1024)]
     pub concurrency: Option<i64>,
+    #[schema(minimum = 1, maximum = 100000)]
     pub mailbox_capacity: Option<i64>,
+    #[schema(minimum = 0, maximum = 1000)]
     pub context_messages: Option<i64>,
     #[schema(value_type = Option<Object>)]
     pub options: Option<serde_json::Value>,

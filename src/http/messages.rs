@@ -33,10 +33,13 @@ use crate::state::{AppState, RequestId};
 pub struct SendRequest {
     pub content: String,
     /// Default `default`.
+    #[schema(pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
     pub conversation: Option<String>,
     /// 0 (most urgent) to 3, default 2.
+    #[schema(minimum = 0, maximum = 3)]
     pub priority: Option<i64>,
     /// The deadline of the whole exchange, default `bots.default_timeout_ms`.
+    #[schema(minimum = 1, maximum = 3600000)]
     pub timeout_ms: Option<i64>,
     /// Answer with `text/event-stream`.
     pub stream: Option<bool>,

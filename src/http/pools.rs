@@ -27,12 +27,16 @@ pub struct PutPoolRequest {
     #[serde(default)]
     pub template: TemplateRequest,
     /// Default 1; 0..=`max_bots`.
+    #[schema(minimum = 0, maximum = 1000)]
     pub min_bots: Option<i64>,
     /// Default 10; 1..=1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_bots: Option<i64>,
     /// Default 5; 1..=100000.
+    #[schema(minimum = 1, maximum = 100000)]
     pub scale_up_queue_depth: Option<i64>,
     /// Default 300; 1..=86400.
+    #[schema(minimum = 1, maximum = 86400)]
     pub scale_down_idle_secs: Option<i64>,
 }
 

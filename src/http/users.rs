@@ -27,9 +27,10 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// `^[a-z0-9][a-z0-9_-]{0,62}$`.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub username: String,
     /// 12 to 1024 characters; stored as an argon2id hash.
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 12, max_length = 1024)]
     pub password: String,
     pub role: Role,
 }
@@ -40,7 +41,7 @@ pub struct CreateUserRequest {
 #[serde(deny_unknown_fields)]
 pub struct PatchUserRequest {
     /// The new password, 12 to 1024 characters.
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 12, max_length = 1024)]
     pub password: Option<String>,
     /// The new role (admins only).
     pub role: Option<Role>,
