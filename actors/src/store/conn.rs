@@ -278,11 +278,15 @@ impl Db {
             synchronous,
         };
         // One direct connection first: its error is the clearest one to report (r2d2's
-        // would be a timeout). On SQLite it also switches the file to WAL, once.
-        match manager.establish()? {
-            DbConn::Sqlite(mut c) => enable_wal(&mut c)?,
-            DbConn::Postgres(_) => {}
-        }
+        // would be a timeout). On SQLite it also switches the file to WAL, once, and then
+        // serves the checkpointer.
+        let first = match manager.establish()? {
+            DbConn::Sqlite(mut c) => {
+                enable_wal(&mut c)?;
+                Some(c)
+            }
+            DbConn::Postgres(_) => None,
+        };
         let pool_size = pool_size.max(1);
         // A PostgreSQL connection can die with its server (a restart, a network cut), so
         // each check-out pings it first. A SQLite connection is a file handle that cannot:
@@ -297,15 +301,12 @@ impl Db {
                 .build(manager.clone())
                 .map_err(StoreError::from)
         };
-        let (readers, writer, backend, checkpointer) = match target {
-            Target::Postgres(_) => {
+        let (readers, writer, backend, checkpointer) = match first {
+            None => {
                 let p = build(pool_size)?;
                 (p.clone(), p, "postgres", None)
             }
-            Target::Sqlite(_) => {
-                let DbConn::Sqlite(c) = manager.establish()? else {
-                    unreachable!("a SQLite target makes SQLite connections")
-                };
+            Some(c) => {
                 let checkpointer = Arc::new(super::wal::Checkpointer::start(c)?);
                 (build(pool_size)?, build(1)?, "sqlite", Some(checkpointer))
             }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use diesel::sql_types::Integer;
+use diesel::sql_types::BigInt;
 use diesel::sqlite::SqliteConnection;
 use diesel::RunQueryDsl;
 
@@ -135,7 +135,7 @@ impl Checkpointer {
 /// One round of the checkpointer: passes until the WAL is caught up, or a few of them.
 fn round(conn: &mut SqliteConnection, shared: &Shared, last_log: &mut i64) {
     for _ in 0..MAX_PASSES {
-        if shared.ready.load(Ordering::Acquire) {
+        if shared.wanted() {
             return;
         }
         let Ok(pass) = passive(conn) else { return };
@@ -158,30 +158,20 @@ fn round(conn: &mut SqliteConnection, shared: &Shared, last_log: &mut i64) {
     shared.ready.store(true, Ordering::Release);
 }
 
+/// What `PRAGMA wal_checkpoint` answers.
 #[derive(diesel::QueryableByName)]
 struct Pass {
     /// 1 when another checkpoint held the lock.
-    #[diesel(sql_type = Integer)]
-    busy: i32,
+    #[diesel(sql_type = BigInt)]
+    busy: i64,
     /// Frames in the WAL.
-    #[diesel(sql_type = Integer, column_name = log)]
-    log_frames: i32,
-    /// Frames of those now in the database file.
-    #[diesel(sql_type = Integer)]
-    checkpointed: i32,
-}
-
-struct Frames {
-    busy: i32,
+    #[diesel(sql_type = BigInt)]
     log: i64,
+    /// Frames of those now in the database file.
+    #[diesel(sql_type = BigInt)]
     checkpointed: i64,
 }
 
-fn passive(conn: &mut SqliteConnection) -> Result<Frames, diesel::result::Error> {
-    let p: Pass = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)?;
-    Ok(Frames {
-        busy: p.busy,
-        log: i64::from(p.log_frames),
-        checkpointed: i64::from(p.checkpointed),
-    })
+fn passive(conn: &mut SqliteConnection) -> Result<Pass, diesel::result::Error> {
+    diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)
 }
